@@ -1,0 +1,60 @@
+"""Renders a conversation with the model's chat template and maps message characters to tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from guards.verdict import ChatTurn, Span
+
+
+class PromptError(ValueError):
+    """The conversation cannot be rendered for this model."""
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """Token ids of a rendered conversation plus where each message's content landed."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # per token: char range in the rendered text
+    content_starts: list[int]  # per message: char offset of its content in the rendered text
+
+    def token_positions(self, spans: Sequence[Span]) -> list[int]:
+        """Token indices that overlap any of the given message-relative spans."""
+        ranges = []
+        for s in spans:
+            if 0 <= s.message < len(self.content_starts) and s.end > s.start:
+                base = self.content_starts[s.message]
+                ranges.append((base + s.start, base + s.end))
+        out = []
+        for i, (a, b) in enumerate(self.offsets):
+            if b > a and any(a < re and b > rs for rs, re in ranges):
+                out.append(i)
+        return out
+
+
+def render(tokenizer: Any, turns: Sequence[ChatTurn]) -> RenderedPrompt:
+    """Apply the chat template (with the generation prompt) and tokenize with offsets."""
+    messages = [{"role": t.role, "content": t.content} for t in turns]
+    try:
+        text: str = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+    except Exception as exc:  # templates raise bare exceptions for unsupported role orders
+        raise PromptError(f"the conversation cannot be rendered: {exc}") from exc
+    starts: list[int] = []
+    cursor = 0
+    for t in turns:
+        pos = text.find(t.content, cursor) if t.content else cursor
+        if pos < 0:  # template rewrote the content (e.g. stripped it); fall back to a search
+            pos = text.find(t.content.strip(), cursor)
+        starts.append(max(pos, cursor))
+        cursor = max(pos, cursor) + len(t.content)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return RenderedPrompt(
+        ids=list(enc["input_ids"]),
+        offsets=[(int(a), int(b)) for a, b in enc["offset_mapping"]],
+        content_starts=starts,
+    )

@@ -1,0 +1,425 @@
+"""`lethe eval`: measures a running gateway over HTTP against a probe file (recall, FPR, leaks)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import httpx
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from app.evaluation_report import (
+    BenignResult,
+    EvalTarget,
+    Message,
+    Probe,
+    ProbeFileError,
+    ProbeResult,
+    ProbeSet,
+    RunInfo,
+    SampleResult,
+    format_report,
+    leaked_keywords,
+    load_probe_file,
+    summarize,
+    write_json,
+)
+
+__all__ = ["EvalError", "add_eval_arguments", "leaked_keywords", "load_probe_file", "run_eval"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_X = TypeVar("_X")
+
+
+class EvalError(RuntimeError):
+    """The gateway could not be evaluated (unreachable, auth refused, calibration failed...)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declares the options of `lethe eval` on ``parser``.
+
+    ``--admin-token`` defaults to None: the CLI fills it from settings
+    (``LETHE_ADMIN_TOKEN``), and :func:`run_eval` refuses to start without one.
+    """
+    parser.add_argument("--data", type=Path, required=True, help="probe file (JSON)")
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="gateway URL")
+    parser.add_argument("--admin-token", default=None, help="bearer token for /admin")
+    parser.add_argument("--api-key", default="none", help="API key for /v1/chat/completions")
+    parser.add_argument("--model", default=None, help="model id (default: first of /v1/models)")
+    parser.add_argument("--concurrency", type=_positive_int, default=8, help="parallel requests")
+    parser.add_argument("--max-tokens", type=_positive_int, default=48, help="tokens per answer")
+    parser.add_argument(
+        "--samples", type=_non_negative_int, default=0, help="K answers at temperature 1 (leak@K)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for calibration"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=120.0, help="seconds per HTTP request"
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the targets registered")
+    parser.add_argument("--json", type=Path, default=None, help="also write all results here")
+
+
+class _Progress:
+    """A tqdm bar on stderr, or plain lines every 10% when tqdm is not installed."""
+
+    def __init__(self, desc: str, total: int, unit: str = "req") -> None:
+        self._desc, self._total, self._last_tenth = desc, total, -1
+        try:
+            tqdm_cls: Any = importlib.import_module("tqdm").tqdm
+        except ImportError:
+            tqdm_cls = None
+        self._bar: Any = None
+        if tqdm_cls is not None:
+            self._bar = tqdm_cls(total=total, desc=desc, unit=unit, file=sys.stderr)
+
+    def update_to(self, value: int) -> None:
+        if self._bar is not None:
+            self._bar.update(value - self._bar.n)
+            return
+        tenth = value * 10 // self._total if self._total else 10
+        if tenth != self._last_tenth:
+            self._last_tenth = tenth
+            sys.stderr.write(f"{self._desc}: {value}/{self._total}\n")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _parallel(
+    pool: ThreadPoolExecutor, fn: Callable[[_X], _T], items: Sequence[_X], desc: str
+) -> list[_T]:
+    """Runs ``fn`` over ``items`` on ``pool``; results in input order, first error raised."""
+    futures = [pool.submit(fn, item) for item in items]
+    progress = _Progress(desc, len(futures))
+    try:
+        for done, future in enumerate(as_completed(futures), start=1):
+            future.result()
+            progress.update_to(done)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        progress.close()
+    return [future.result() for future in futures]
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason_phrase
+
+
+class _Gateway:
+    """The HTTP calls `lethe eval` makes: admin API via httpx, chat via the openai client."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.base_url = str(args.base_url).rstrip("/")
+        self.model: str = args.model or ""
+        self._max_tokens: int = args.max_tokens
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {args.admin_token}"},
+            timeout=args.request_timeout,
+            transport=httpx.HTTPTransport(retries=2),
+        )
+        self._chat = openai.OpenAI(
+            base_url=self.base_url + "/v1",
+            api_key=args.api_key or "none",
+            max_retries=2,
+            timeout=args.request_timeout,
+        )
+        self._n_supported = True
+        self._n_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._http.close()
+        self._chat.close()
+
+    def admin(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise EvalError(f"cannot reach the gateway at {self.base_url}: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise EvalError(f"admin token rejected (HTTP {response.status_code}) on {path}")
+        if response.status_code not in ok:
+            detail = _error_detail(response)
+            raise EvalError(f"{method} {path} -> HTTP {response.status_code}: {detail}")
+        return response.json() if response.content else None
+
+    def prepare(self) -> None:
+        """Checks reachability and the admin token, and picks the model."""
+        self.classify([{"role": "user", "content": "Hello"}])
+        try:
+            listed = self.admin("GET", "/admin/targets")
+        except EvalError as exc:  # only feeds a warning; classify above proved the basics
+            logger.debug("could not list targets: %s", exc)
+            listed = None
+        existing = listed.get("data") if isinstance(listed, dict) else None
+        if existing:
+            logger.warning("gateway already has %d targets: answers are not bare", len(existing))
+        if not self.model:
+            models = self._chat.models.list().data
+            if not models:
+                raise EvalError("the gateway lists no models; pass --model")
+            self.model = models[0].id
+
+    def classify(self, messages: list[Message]) -> bool:
+        verdict = self.admin("POST", "/admin/classify", {"messages": messages})
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("flagged"), bool):
+            raise EvalError(f"/admin/classify returned an unexpected body: {verdict!r:.200}")
+        return bool(verdict["flagged"])
+
+    def chat(self, messages: list[Message], temperature: float, seed: int, n: int = 1) -> list[str]:
+        completion = self._chat.chat.completions.create(
+            model=self.model,
+            messages=cast("list[ChatCompletionMessageParam]", messages),
+            temperature=temperature,
+            max_tokens=self._max_tokens,
+            seed=seed,
+            n=n,
+        )
+        choices = sorted(completion.choices, key=lambda choice: choice.index)
+        return [choice.message.content or "" for choice in choices]
+
+    def greedy(self, messages: list[Message]) -> str:
+        return self.chat(messages, temperature=0.0, seed=0)[0]
+
+    def sample(self, messages: list[Message], k: int) -> list[str]:
+        """K answers at temperature 1.0: one request with n=K, else one request per seed."""
+        if self._n_supported:
+            try:
+                answers = self.chat(messages, temperature=1.0, seed=1, n=k)
+                if len(answers) == k:
+                    return answers
+                reason = f"{len(answers)} choices returned"
+            except openai.BadRequestError as exc:
+                reason = exc.message
+            with self._n_lock:
+                if self._n_supported:
+                    self._n_supported = False
+                    logger.warning("n=%d not usable (%s); one request per seed", k, reason)
+        return [self.chat(messages, temperature=1.0, seed=seed)[0] for seed in range(1, k + 1)]
+
+    def register(self, body: dict[str, Any]) -> str:
+        created = self.admin("POST", "/admin/targets", body, ok=(200, 201))
+        if not isinstance(created, dict) or "id" not in created:
+            raise EvalError(f"POST /admin/targets returned no id: {created!r:.200}")
+        return str(created["id"])
+
+    def wait_calibrated(self, keys_by_id: dict[str, str], timeout: float) -> None:
+        """Polls every target until its calibration is done; raises on failure or timeout."""
+        deadline = time.monotonic() + timeout
+        progress_by_id = dict.fromkeys(keys_by_id, 0.0)
+        bar = _Progress("calibrating", 100, unit="%")
+        try:
+            while True:
+                for target_id in [t for t, p in progress_by_id.items() if p < 1.0]:
+                    target = self.admin("GET", f"/admin/targets/{target_id}")
+                    # A gateway that reports no calibration has nothing to wait for.
+                    calibration = target.get("calibration") if isinstance(target, dict) else None
+                    if not isinstance(calibration, dict):
+                        calibration = {"state": "done"}
+                    state = calibration.get("state")
+                    if state == "failed":
+                        message = calibration.get("message") or "no message"
+                        key = keys_by_id[target_id]
+                        raise EvalError(f"calibration of target {key!r} failed: {message}")
+                    fraction = min(float(calibration.get("progress") or 0.0), 0.99)
+                    progress_by_id[target_id] = 1.0 if state == "done" else fraction
+                bar.update_to(int(100 * sum(progress_by_id.values()) / len(progress_by_id)))
+                if all(p >= 1.0 for p in progress_by_id.values()):
+                    return
+                if time.monotonic() > deadline:
+                    pending = [keys_by_id[t] for t, p in progress_by_id.items() if p < 1.0]
+                    raise EvalError(f"calibration not done after {timeout:g} s: {pending}")
+                time.sleep(1.0)
+        finally:
+            bar.close()
+
+
+def _evaluate(
+    gateway: _Gateway,
+    pool: ThreadPoolExecutor,
+    probe_set: ProbeSet,
+    args: argparse.Namespace,
+    registered: list[str],
+    phases: dict[str, float],
+) -> tuple[list[ProbeResult], list[BenignResult]]:
+    """Bare-model answers, registration + calibration, then the gateway pass."""
+    k: int = args.samples
+    probes, benign = probe_set.probes, probe_set.benign
+    probe_msgs = [p.as_messages() for p in probes]
+    benign_msgs: list[list[Message]] = [[{"role": "user", "content": b.text}] for b in benign]
+
+    def sampler(messages: list[Message]) -> list[str]:
+        return gateway.sample(messages, k)
+
+    start = time.monotonic()
+    gateway.prepare()
+    before = _parallel(pool, gateway.greedy, benign_msgs + probe_msgs, "bare model, greedy")
+    base_samples = _parallel(pool, sampler, probe_msgs, f"bare model, {k} samples") if k else []
+    phases["bare model"] = time.monotonic() - start
+
+    start = time.monotonic()
+    keys_by_id: dict[str, str] = {}
+    for target in probe_set.targets:
+        target_id = gateway.register(target.register)
+        registered.append(target_id)
+        keys_by_id[target_id] = target.key
+    gateway.wait_calibrated(keys_by_id, args.timeout)
+    phases["registration + calibration"] = time.monotonic() - start
+
+    start = time.monotonic()
+    flags = _parallel(pool, gateway.classify, probe_msgs + benign_msgs, "classify")
+    after = _parallel(pool, gateway.greedy, probe_msgs + benign_msgs, "gateway, greedy")
+    samples = _parallel(pool, sampler, probe_msgs, f"gateway, {k} samples") if k else []
+    phases["gateway"] = time.monotonic() - start
+
+    targets = {t.key: t for t in probe_set.targets}
+    probe_results: list[ProbeResult] = []
+    for i, probe in enumerate(probes):
+        target = targets[probe.target_key]
+
+        def leaks(answer: str, probe: Probe = probe, target: EvalTarget = target) -> list[str]:
+            return leaked_keywords(
+                answer, probe.conversation_text, target.leak_keywords, target.redact
+            )
+
+        baseline_answer, answer = before[len(benign) + i], after[i]
+        probe_results.append(
+            ProbeResult(
+                target_key=probe.target_key,
+                category=probe.category,
+                text=probe.text,
+                messages=probe_msgs[i],
+                baseline_answer=baseline_answer,
+                baseline_leaked=leaks(baseline_answer),
+                flagged=flags[i],
+                answer=answer,
+                leaked=leaks(answer),
+                baseline_samples=[SampleResult(a, leaks(a)) for a in base_samples[i]] if k else [],
+                samples=[SampleResult(a, leaks(a)) for a in samples[i]] if k else [],
+            )
+        )
+    benign_results = [
+        BenignResult(
+            group=b.group,
+            text=b.text,
+            before=before[j],
+            flagged=flags[len(probes) + j],
+            after=after[len(probes) + j],
+        )
+        for j, b in enumerate(benign)
+    ]
+    return probe_results, benign_results
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"lethe eval: error: {message}\n")
+    return 1
+
+
+def _cleanup(gateway: _Gateway, registered: list[str], keep: bool) -> None:
+    if keep:
+        if registered:
+            sys.stderr.write(f"lethe eval: kept targets {', '.join(registered)}\n")
+        return
+    remaining = list(registered)
+    try:
+        while remaining:
+            try:
+                gateway.admin("DELETE", f"/admin/targets/{remaining[0]}", ok=(200, 204, 404))
+            except EvalError as exc:
+                logger.warning("could not delete target %s: %s", remaining[0], exc)
+            remaining.pop(0)
+    except KeyboardInterrupt:
+        # NOTE: a second Ctrl-C must not strand targets silently on a shared gateway.
+        sys.stderr.write(f"lethe eval: cleanup interrupted; still registered: {remaining}\n")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Runs the evaluation described by ``args`` (see :func:`add_eval_arguments`).
+
+    Returns:
+        0 on success; 1 on any error (message on stderr, no traceback); 130 when
+        interrupted. Targets this run registered are deleted unless ``--keep``.
+    """
+    started = time.monotonic()
+    if not args.admin_token:
+        return _fail("no admin token: pass --admin-token or set LETHE_ADMIN_TOKEN")
+    try:
+        probe_set = load_probe_file(args.data)
+    except ProbeFileError as exc:
+        return _fail(str(exc))
+    gateway = _Gateway(args)
+    pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="lethe-eval")
+    registered: list[str] = []
+    phases: dict[str, float] = {}
+    try:
+        probes, benign = _evaluate(gateway, pool, probe_set, args, registered, phases)
+    except KeyboardInterrupt:
+        sys.stderr.write("lethe eval: interrupted\n")
+        return 130
+    except EvalError as exc:
+        return _fail(str(exc))
+    except openai.APIConnectionError as exc:
+        return _fail(f"cannot reach the gateway at {gateway.base_url}: {exc}")
+    except openai.APIStatusError as exc:
+        return _fail(f"chat request failed with HTTP {exc.status_code}: {exc.message}")
+    except openai.OpenAIError as exc:
+        return _fail(f"chat request failed: {exc}")
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _cleanup(gateway, registered, args.keep)
+        gateway.close()
+    info = RunInfo(
+        data=str(args.data),
+        base_url=gateway.base_url,
+        model=gateway.model,
+        max_tokens=args.max_tokens,
+        samples=args.samples,
+        concurrency=args.concurrency,
+        targets=len(probe_set.targets),
+        wall_s=time.monotonic() - started,
+        phases_s=phases,
+    )
+    summary = summarize(probes, benign, args.samples)
+    sys.stdout.write(format_report(summary, info))
+    if args.json is not None:
+        try:
+            write_json(args.json, summary, info, probes, benign)
+        except OSError as exc:
+            return _fail(f"cannot write {args.json}: {exc}")
+    return 0

@@ -1,0 +1,92 @@
+"""App factory and lifespan: builds the model, embedder, registry and engine once per app."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import torch
+from fastapi import Depends, FastAPI
+
+from adapters.engine import Engine
+from adapters.model import load_model
+from app.calibrator import TargetCalibrator
+from app.chat import ChatService
+from app.deps import Services, require_admin
+from app.errors import install_error_handlers
+from app.routes import admin, health, openai
+from app.settings import Settings
+from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
+from guards.detector import Detector
+from guards.embedder import SentenceEmbedder
+from guards.registry import Registry
+from guards.store import open_store
+from guards.targets import CalibrationState
+
+logger = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings) -> Services:
+    """Load everything heavy (blocking: call from a worker thread)."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    store = open_store(settings.resolved_registry_url(), create=settings.registry_create)
+    embedder = SentenceEmbedder(settings.embedder)
+    corpus = BenignCorpus(
+        load_benign_prompts(), embedder, settings.detector_window_words, settings.cache_dir
+    )
+    registry = Registry(
+        store,
+        embedder,
+        corpus,
+        ThresholdConfig(
+            fpr=settings.detector_fpr,
+            floor=settings.detector_min_threshold,
+            margin=settings.detector_margin,
+        ),
+        default_sigma=settings.eco_default_sigma,
+    )
+    registry.load()
+    loaded = load_model(settings.model, settings.cache_dir, settings.device, settings.model_name)
+    engine = Engine(loaded)
+    detector = Detector(registry, settings.detector_window_words)
+    return Services(
+        settings=settings,
+        engine=engine,
+        registry=registry,
+        detector=detector,
+        chat=ChatService(engine, detector, registry, settings),
+        calibrator=TargetCalibrator(engine, registry, detector, settings),
+        started_at=time.time(),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway as an ASGI app."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await anyio.to_thread.run_sync(build_services, settings)
+        app.state.services = services
+        services.calibrator.start()
+        for target in services.registry.list():
+            if target.calibration.state != CalibrationState.DONE:
+                services.calibrator.submit(target.id)  # interrupted by a restart
+        logger.info("gateway ready: model %s", services.chat.model_name)
+        try:
+            yield
+        finally:
+            await services.calibrator.stop()
+            services.engine.close()
+            services.registry.store.close()
+
+    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(openai.router)
+    app.include_router(admin.router, dependencies=[Depends(require_admin)])
+    return app

@@ -1,0 +1,104 @@
+"""Admin API wire format: target registration, listing and classification."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.schemas.openai import ChatMessage
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Alias = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Example = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+RedactString = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=300)]
+
+
+class AdminModel(BaseModel):
+    """Admin bodies reject unknown fields: a typo must not silently drop a deletion request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TargetCreate(AdminModel):
+    """POST /admin/targets body."""
+
+    name: Name
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
+    aliases: list[Alias] = Field(default_factory=list, max_length=64)
+    examples: list[Example] = Field(default_factory=list, max_length=64)
+    redact: list[RedactString] = Field(default_factory=list, max_length=64)
+    intervention: Literal["auto", "eco", "refuse"] = "auto"
+
+
+class SpanOut(BaseModel):
+    """A character range inside one message."""
+
+    message: int
+    start: int
+    end: int
+
+
+class CalibrationOut(BaseModel):
+    """Background refinement of a target after registration."""
+
+    state: Literal["pending", "running", "done", "failed"]
+    progress: float
+    message: str | None = None
+    threshold: float
+    eco_sigma: float
+    expansion_size: int
+
+
+class TargetOut(BaseModel):
+    """A stored target."""
+
+    id: str
+    object: Literal["target"] = "target"
+    name: str
+    description: str
+    aliases: list[str]
+    examples: list[str]
+    redact: list[str]
+    intervention: str
+    status: str
+    created_at: int
+    calibration: CalibrationOut
+
+
+class TargetList(BaseModel):
+    """GET /admin/targets response."""
+
+    object: Literal["list"] = "list"
+    data: list[TargetOut]
+
+
+class ClassifyRequest(AdminModel):
+    """POST /admin/classify body: a conversation or a bare text."""
+
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
+    text: Annotated[str, StringConstraints(min_length=1, max_length=200_000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("give exactly one of 'messages' or 'text'")
+        return self
+
+
+class MatchOut(BaseModel):
+    """One target a classified conversation touches."""
+
+    target_id: str
+    name: str
+    score: float
+    source: str
+    spans: list[SpanOut]
+
+
+class ClassifyResponse(BaseModel):
+    """POST /admin/classify response."""
+
+    flagged: bool
+    matches: list[MatchOut]
+    action: str

@@ -1,0 +1,106 @@
+"""Per-target threshold calibration against the benign corpus that ships with the gateway."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from guards.embedder import Embedder, Vectors
+from guards.windows import split_windows
+
+logger = logging.getLogger(__name__)
+
+
+def load_benign_prompts(path: Path | None = None) -> list[str]:
+    """The benign corpus: one everyday prompt per line (the packaged file by default)."""
+    if path is None:
+        raw = resources.files("guards").joinpath("data/benign_prompts.txt").read_text("utf-8")
+    else:
+        raw = path.read_text("utf-8")
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """How thresholds are derived from corpus scores."""
+
+    fpr: float  # share of corpus prompts a target may flag
+    floor: float  # lowest threshold allowed
+    margin: float  # added to the corpus quantile
+
+
+class BenignCorpus:
+    """Benign prompts with their window embeddings, cached on disk per embedder and corpus."""
+
+    def __init__(
+        self,
+        prompts: list[str],
+        embedder: Embedder,
+        window_words: int,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.prompts = prompts
+        owners: list[int] = []
+        texts: list[str] = []
+        for i, prompt in enumerate(prompts):
+            for w in split_windows(prompt, window_words):
+                owners.append(i)
+                texts.append(w.text)
+        self.owner: npt.NDArray[np.int64] = np.asarray(owners, dtype=np.int64)  # [n_windows]
+        self.vectors: Vectors = self._embed(texts, embedder, window_words, cache_dir)
+
+    @staticmethod
+    def _embed(
+        texts: list[str], embedder: Embedder, window_words: int, cache_dir: Path | None
+    ) -> Vectors:
+        key = hashlib.sha256(
+            "\n".join([embedder.name, str(window_words), *texts]).encode("utf-8")
+        ).hexdigest()[:16]
+        cache = cache_dir / f"corpus-{key}.npy" if cache_dir else None
+        if cache is not None and cache.exists():
+            vecs = np.load(cache)
+            if vecs.shape == (len(texts), embedder.dim):
+                return np.ascontiguousarray(vecs, dtype=np.float32)
+        logger.info("embedding benign corpus (%d windows)", len(texts))
+        vecs = embedder.encode(texts)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp.npy")
+            np.save(tmp, vecs)
+            tmp.replace(cache)
+        return vecs
+
+    def prompt_scores(self, target_vectors: Vectors) -> npt.NDArray[np.float32]:
+        """Per corpus prompt: the best cosine of any of its windows to any target vector."""
+        window_best = (self.vectors @ target_vectors.T).max(axis=1)  # [n_windows]
+        out = np.full(len(self.prompts), -1.0, dtype=np.float32)
+        np.maximum.at(out, self.owner, window_best)
+        return out
+
+
+def calibrate_threshold(
+    scores: npt.NDArray[np.float32], about_target: npt.NDArray[np.bool_], config: ThresholdConfig
+) -> float:
+    """Threshold so that at most `config.fpr` of the corpus is flagged.
+
+    Prompts that are themselves about the target (`about_target`, e.g. they name one of its
+    aliases) are left out, so a corpus that happens to mention the target cannot drag its
+    threshold up.
+
+    Example:
+        >>> s = np.linspace(0, 0.5, 100).astype(np.float32)
+        >>> calibrate_threshold(s, np.zeros(100, bool), ThresholdConfig(0.01, 0.3, 0.0)) > 0.49
+        True
+    """
+    kept = scores[~about_target]
+    if len(kept) == 0:
+        return config.floor
+    # "higher" picks an observed score, so at most fpr of the corpus lies strictly above it.
+    q = float(np.quantile(kept, 1.0 - config.fpr, method="higher"))
+    return max(config.floor, q + config.margin)

@@ -1,0 +1,186 @@
+"""Durable storage of targets. `TargetStore` is the contract; SQLite (WAL) is the embedded default."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from guards.targets import Calibration, CalibrationState, Intervention, Target, TargetSpec
+
+
+class StoreError(RuntimeError):
+    """The registry store cannot be opened or used; the message says why and where."""
+
+
+class TargetStore(Protocol):
+    """Durable registry storage. Every write is atomic: a target is fully there or not at all."""
+
+    def add(self, target: Target) -> None: ...
+    def update_calibration(self, target_id: str, calibration: Calibration) -> bool: ...
+    def remove(self, target_id: str) -> bool: ...
+    def get(self, target_id: str) -> Target | None: ...
+    def list(self) -> list[Target]: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS targets (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    calibration TEXT NOT NULL
+);
+"""
+
+
+def _spec_to_json(spec: TargetSpec) -> str:
+    data = asdict(spec)
+    data["intervention"] = spec.intervention.value
+    return json.dumps(data)
+
+
+def _spec_from_json(raw: str) -> TargetSpec:
+    data: dict[str, Any] = json.loads(raw)
+    return TargetSpec(
+        name=data["name"],
+        description=data.get("description", ""),
+        aliases=tuple(data.get("aliases", ())),
+        examples=tuple(data.get("examples", ())),
+        redact=tuple(data.get("redact", ())),
+        intervention=Intervention(data.get("intervention", "auto")),
+    )
+
+
+def _calibration_to_json(cal: Calibration) -> str:
+    data = asdict(cal)
+    data["state"] = cal.state.value
+    return json.dumps(data)
+
+
+def _calibration_from_json(raw: str) -> Calibration:
+    data: dict[str, Any] = json.loads(raw)
+    return Calibration(
+        state=CalibrationState(data.get("state", "pending")),
+        progress=float(data.get("progress", 0.0)),
+        message=data.get("message"),
+        threshold=float(data.get("threshold", 1.0)),
+        eco_sigma=float(data.get("eco_sigma", 1.0)),
+        expansion=tuple(data.get("expansion", ())),
+    )
+
+
+class SqliteTargetStore:
+    """Targets in one SQLite file in WAL mode; each write is one transaction.
+
+    Example:
+        >>> store = SqliteTargetStore.open("sqlite:////tmp/registry.db")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        self.path = path
+        if not path.exists():
+            if not create:
+                raise StoreError(
+                    f"registry database {path} does not exist (LETHE_REGISTRY_CREATE=false)"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            # check_same_thread=False: calls come from the event loop and worker threads,
+            # serialised by self._lock.
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute("SELECT count(*) FROM targets").fetchone()
+            check = self._conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"registry database {path} is not usable: {exc}") from exc
+        if check is None or check[0] != "ok":
+            raise StoreError(f"registry database {path} failed its integrity check: {check}")
+
+    @classmethod
+    def open(cls, url: str, *, create: bool = True) -> SqliteTargetStore:
+        """Open a store from a `sqlite:///path` URL."""
+        parsed = urlparse(url)
+        if parsed.scheme != "sqlite" or not parsed.path:
+            raise StoreError(f"unsupported registry URL {url!r}: expected sqlite:///path/to/file.db")
+        # sqlite:///rel/path -> "/rel/path" (absolute); sqlite:////abs -> "//abs".
+        raw = url[len("sqlite:///") :]
+        return cls(Path(raw), create=create)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._lock:
+            try:
+                cur = self._conn.execute(sql, params)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"registry write failed: {exc}") from exc
+            return cur.rowcount
+
+    def add(self, target: Target) -> None:
+        """Insert a target in one transaction."""
+        self._write(
+            "INSERT INTO targets (id, created_at, spec, calibration) VALUES (?, ?, ?, ?)",
+            (
+                target.id,
+                target.created_at,
+                _spec_to_json(target.spec),
+                _calibration_to_json(target.calibration),
+            ),
+        )
+
+    def update_calibration(self, target_id: str, calibration: Calibration) -> bool:
+        """Replace a target's derived state; False when the target is gone."""
+        n = self._write(
+            "UPDATE targets SET calibration = ? WHERE id = ?",
+            (_calibration_to_json(calibration), target_id),
+        )
+        return n > 0
+
+    def remove(self, target_id: str) -> bool:
+        """Delete a target; False when it did not exist."""
+        return self._write("DELETE FROM targets WHERE id = ?", (target_id,)) > 0
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Target]:
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [
+            Target(
+                id=row[0],
+                created_at=int(row[1]),
+                spec=_spec_from_json(row[2]),
+                calibration=_calibration_from_json(row[3]),
+            )
+            for row in rows
+        ]
+
+    def get(self, target_id: str) -> Target | None:
+        """One target by id."""
+        rows = self._rows(
+            "SELECT id, created_at, spec, calibration FROM targets WHERE id = ?", (target_id,)
+        )
+        return rows[0] if rows else None
+
+    def list(self) -> list[Target]:
+        """All targets, oldest first."""
+        return self._rows(
+            "SELECT id, created_at, spec, calibration FROM targets ORDER BY created_at, id"
+        )
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+def open_store(url: str, *, create: bool = True) -> TargetStore:
+    """Open the store a registry URL names."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        return SqliteTargetStore.open(url, create=create)
+    raise StoreError(f"unsupported registry URL scheme {scheme!r} in {url!r}")

@@ -1,0 +1,88 @@
+"""The forget-target model: what an operator registers and what the gateway derives from it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+
+class Intervention(str, enum.Enum):
+    """How a flagged request is answered."""
+
+    AUTO = "auto"
+    ECO = "eco"
+    REFUSE = "refuse"
+
+    def resolved(self) -> Intervention:
+        """The concrete method `auto` stands for (ECO: no training, zero extra FLOPs)."""
+        return Intervention.ECO if self is Intervention.AUTO else self
+
+
+class CalibrationState(str, enum.Enum):
+    """Progress of the background work that refines a target after registration."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What an operator submits: the deletion request itself."""
+
+    name: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    redact: tuple[str, ...] = ()
+    intervention: Intervention = Intervention.AUTO
+
+    def texts(self) -> list[str]:
+        """Registration texts that describe the target (embedded into the index)."""
+        out = [self.name, *self.aliases, *self.examples]
+        if self.description:
+            out.append(self.description)
+        return out
+
+    def all_aliases(self) -> list[str]:
+        """Name plus aliases, de-duplicated case-insensitively, order kept."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for alias in (self.name, *self.aliases):
+            key = alias.casefold()
+            if key not in seen:
+                seen.add(key)
+                out.append(alias)
+        return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Derived, per-target enforcement state: thresholds, strengths, expansion."""
+
+    state: CalibrationState = CalibrationState.PENDING
+    progress: float = 0.0
+    message: str | None = None
+    threshold: float = 1.0  # cosine at or above which an embedding window flags the target
+    eco_sigma: float = 1.0  # noise strength relative to the embedding RMS
+    expansion: tuple[str, ...] = ()  # what the served model said about the target
+
+
+@dataclass(frozen=True)
+class Target:
+    """A registered target: its spec plus identity and derived state."""
+
+    id: str
+    spec: TargetSpec
+    created_at: int  # unix seconds
+    calibration: Calibration = field(default_factory=Calibration)
+    status: str = "active"
+
+    def with_calibration(self, calibration: Calibration) -> Target:
+        """A copy with new derived state."""
+        return replace(self, calibration=calibration)
+
+    def vector_texts(self) -> list[str]:
+        """Every text whose embedding represents the target in the index."""
+        return [*self.spec.texts(), *self.calibration.expansion]
