@@ -140,9 +140,7 @@ class Engine:
         """Jobs waiting for the worker."""
         return self._jobs.qsize()
 
-    async def generate(
-        self, request: GenerationRequest
-    ) -> AsyncIterator[TokenDelta | RowFinished]:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta | RowFinished]:
         """Stream a request's events; leaving the iteration early cancels its rows."""
         loop = asyncio.get_running_loop()
         job = _Job(request=request, loop=loop, events=asyncio.Queue())
@@ -183,7 +181,8 @@ class Engine:
             embeds = corrupt_embeddings(
                 embeds, positions, request.plan.eco_sigma, request.plan.noise_seed
             )
-        return embeds.unsqueeze(0).expand(request.n, -1, -1).contiguous()
+        out: torch.Tensor = embeds.unsqueeze(0).expand(request.n, -1, -1).contiguous()
+        return out
 
     @staticmethod
     def _generators(sampling: SamplingParams, n: int) -> list[torch.Generator]:

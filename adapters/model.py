@@ -1,4 +1,4 @@
-"""Loads the served LLM: the bundled GGUF (converted once, cached as safetensors) or any HF model."""
+"""Loads the served LLM: bundled GGUF (converted once, cached as safetensors) or any HF model."""
 
 from __future__ import annotations
 
@@ -67,7 +67,9 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
+            gguf.parent, gguf_file=gguf.name
+        )
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
@@ -98,15 +100,17 @@ def load_model(
 
     dev, dtype = pick_device(device)
     path = resolve_model_path(spec, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer: Any = AutoTokenizer.from_pretrained(path)  # type: ignore[no-untyped-call]
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.to(dev)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.chat_template is None:
         raise RuntimeError(f"model {spec} has no chat template; a chat model is required")
     stop_ids: set[int] = set()
-    for source in (model.generation_config.eos_token_id, model.config.eos_token_id):
+    gen_config = model.generation_config
+    gen_eos = gen_config.eos_token_id if gen_config is not None else None
+    for source in (gen_eos, model.config.eos_token_id):
         if isinstance(source, int):
             stop_ids.add(source)
         elif source:

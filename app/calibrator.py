@@ -22,9 +22,9 @@ from adapters.engine import Engine, GenerationRequest, SamplingParams, TokenDelt
 from adapters.prompt import render
 from app.settings import Settings
 from guards.detector import Detector
-from guards.leak_terms import corpus_vocabulary, derive_leak_terms, leaks
+from guards.leak_terms import answer_terms, corpus_vocabulary, derive_leak_terms, leaks, words
 from guards.registry import Registry
-from guards.targets import Calibration, CalibrationState, Target
+from guards.targets import CalibrationState, Target
 from guards.verdict import ChatTurn, Plan, Span, noise_seed
 
 logger = logging.getLogger(__name__)
@@ -89,13 +89,17 @@ class TargetCalibrator:
                 logger.exception("calibration of %s failed", target_id)
                 await self._update(target_id, state=CalibrationState.FAILED, message=str(exc)[:200])
 
-    async def _update(self, target_id: str, recalibrate: bool = False, **changes: object) -> Target | None:
+    async def _update(
+        self, target_id: str, recalibrate: bool = False, **changes: object
+    ) -> Target | None:
         target = self.registry.get(target_id)
         if target is None:
             return None
         calibration = replace(target.calibration, **changes)  # type: ignore[arg-type]
         return await anyio.to_thread.run_sync(
-            lambda: self.registry.update_calibration(target_id, calibration, recalibrate=recalibrate)
+            lambda: self.registry.update_calibration(
+                target_id, calibration, recalibrate=recalibrate
+            )
         )
 
     async def _answer(self, question: str, plan: Plan) -> str:
@@ -125,13 +129,27 @@ class TargetCalibrator:
         if target is None:
             return
         spec = target.spec
-        questions = list(dict.fromkeys([*spec.examples[:6], f"Tell me about {spec.name}."]))
+        questions = list(
+            dict.fromkeys(
+                [
+                    *spec.examples[:6],
+                    f"Tell me about {spec.name}.",
+                    *(f"Who or what is {alias}?" for alias in spec.aliases[:4]),
+                ]
+            )
+        )
         answers = []
         for i, q in enumerate(questions):
             answers.append(await self._answer(q, Plan()))
             await self._update(target_id, progress=0.05 + 0.35 * (i + 1) / len(questions))
+        alias_words = {w for a in spec.all_aliases() for w in words(a)}
+        facts = answer_terms(questions, answers, self._common) - alias_words
         target = await self._update(
-            target_id, recalibrate=True, expansion=answer_sentences(answers), progress=0.45
+            target_id,
+            recalibrate=True,
+            expansion=answer_sentences(answers),
+            fact_terms=tuple(sorted(facts)),
+            progress=0.45,
         )
         if target is None:
             return

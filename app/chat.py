@@ -167,8 +167,10 @@ class ChatService:
         )
 
     # --- generation ---------------------------------------------------------------
-    async def _events(self, chat: PreparedChat) -> AsyncIterator[TokenDelta | RowFinished]:
-        if chat.plan.action == "refuse":
+    async def _events(
+        self, chat: PreparedChat, plan: Plan
+    ) -> AsyncIterator[TokenDelta | RowFinished]:
+        if plan.action == "refuse":
             message = self.settings.refusal_message
             tokens = len(self.engine.loaded.tokenizer.encode(message, add_special_tokens=False))
             for row in range(chat.n):
@@ -177,7 +179,7 @@ class ChatService:
             return
         request = GenerationRequest(
             prompt=chat.prompt,
-            plan=chat.plan,
+            plan=plan,
             sampling=chat.sampling,
             n=chat.n,
             deadline=time.monotonic() + self.settings.request_timeout_s,
@@ -185,20 +187,43 @@ class ChatService:
         async for event in self.engine.generate(request):
             yield event
 
+    def _audits(self, chat: PreparedChat) -> bool:
+        """Whether this request's answers are audited (unflagged rows, audit enabled)."""
+        return chat.plan.action == "none" and self.settings.answer_audit and len(self.registry) > 0
+
+    def _audit(self, texts: list[str]) -> Verdict:
+        matches = tuple(m for text in texts for m in self.detector.inspect_answer(text).matches)
+        return Verdict(matches=matches)
+
+    def _replan(self, chat: PreparedChat, verdict: Verdict) -> Plan:
+        logger.info("request %s: answer audit -> re-run with intervention", chat.id)
+        return Plan.for_whole_turns(verdict, chat.turns, noise_seed(chat.turns))
+
     def _redactors(self, chat: PreparedChat) -> list[Redactor]:
         return [Redactor(chat.redact, self.settings.redaction_placeholder) for _ in range(chat.n)]
 
-    async def complete(self, chat: PreparedChat) -> ChatCompletion:
-        """Run to completion and build the JSON response."""
+    async def _collect(self, chat: PreparedChat, plan: Plan) -> tuple[list[str], list[str], int]:
         texts = [""] * chat.n
         reasons = ["stop"] * chat.n
         completion_tokens = 0
-        async for event in self._events(chat):
+        async for event in self._events(chat, plan):
             if isinstance(event, TokenDelta):
                 texts[event.row] += event.text
             else:
                 reasons[event.row] = event.reason
                 completion_tokens += event.completion_tokens
+        return texts, reasons, completion_tokens
+
+    async def complete(self, chat: PreparedChat) -> ChatCompletion:
+        """Run to completion (re-running with the intervention if the audit flags the answer)
+        and build the JSON response."""
+        texts, reasons, completion_tokens = await self._collect(chat, chat.plan)
+        if self._audits(chat):
+            verdict = await anyio.to_thread.run_sync(self._audit, texts)
+            if verdict.flagged:
+                texts, reasons, completion_tokens = await self._collect(
+                    chat, self._replan(chat, verdict)
+                )
         redactors = self._redactors(chat)
         choices = [
             Choice(
@@ -228,6 +253,48 @@ class ChatService:
             )
         )
 
+    async def _audited_events(self, chat: PreparedChat) -> AsyncIterator[TokenDelta | RowFinished]:
+        """Events of an unflagged stream, audited before and while they go out.
+
+        The first `answer_audit_lookahead_chars` of every row are held back and audited; a
+        flagged answer is discarded and the request re-run with the intervention before the
+        client saw any of it. Past the look-ahead, a row whose text starts naming a target
+        ends at once with finish_reason `content_filter`.
+        """
+        lookahead = self.settings.answer_audit_lookahead_chars
+        events = self._events(chat, chat.plan).__aiter__()
+        held: list[TokenDelta | RowFinished] = []
+        texts = [""] * chat.n
+        open_rows = set(range(chat.n))
+        async for event in events:
+            held.append(event)
+            if isinstance(event, TokenDelta):
+                texts[event.row] += event.text
+            else:
+                open_rows.discard(event.row)
+            if all(len(texts[r]) >= lookahead for r in open_rows):
+                break
+        verdict = await anyio.to_thread.run_sync(self._audit, texts)
+        if verdict.flagged:
+            await events.aclose()  # type: ignore[attr-defined]
+            async for event in self._events(chat, self._replan(chat, verdict)):
+                yield event
+            return
+        for event in held:
+            yield event
+        stopped: set[int] = set()
+        async for event in events:
+            if event.row in stopped:
+                continue
+            if isinstance(event, TokenDelta):
+                texts[event.row] += event.text
+                tail = texts[event.row][-(lookahead + len(event.text)) :]
+                if self._audit([tail]).flagged:
+                    stopped.add(event.row)
+                    yield RowFinished(event.row, "content_filter", 0)
+                    continue
+            yield event
+
     async def stream(self, chat: PreparedChat) -> AsyncIterator[str]:
         """SSE frames: a role chunk, content deltas, finish chunks, optional usage, [DONE]."""
         redactors = self._redactors(chat)
@@ -239,8 +306,9 @@ class ChatService:
                 for i in range(chat.n)
             ],
         )
+        source = self._audited_events(chat) if self._audits(chat) else self._events(chat, chat.plan)
         try:
-            async for event in self._events(chat):
+            async for event in source:
                 if isinstance(event, TokenDelta):
                     text = redactors[event.row].feed(event.text)
                     if text:
@@ -256,17 +324,15 @@ class ChatService:
                     )
                 yield self._chunk(
                     chat,
-                    [
-                        ChunkChoice(
-                            index=event.row, delta=ChunkDelta(), finish_reason=event.reason
-                        )
-                    ],
+                    [ChunkChoice(index=event.row, delta=ChunkDelta(), finish_reason=event.reason)],
                 )
         except Exception:
             # Once a 200 has gone out, an error travels as a final data frame.
             logger.exception("stream %s failed", chat.id)
-            yield 'data: {"error": {"message": "generation failed", "type": "server_error", ' \
+            yield (
+                'data: {"error": {"message": "generation failed", "type": "server_error", '
                 '"param": null, "code": "internal_error"}}\n\n'
+            )
             yield "data: [DONE]\n\n"
             return
         if chat.include_usage:

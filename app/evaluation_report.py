@@ -242,6 +242,13 @@ class ProbeResult:
     baseline_samples: list[SampleResult] = field(default_factory=list)
     samples: list[SampleResult] = field(default_factory=list)
 
+    @property
+    def intervened(self) -> bool:
+        """Flagged by the detector, or answered differently from the bare model (greedy
+        decoding is deterministic, so a changed answer means the gateway intervened, e.g.
+        through its answer audit)."""
+        return self.flagged or self.answer != self.baseline_answer
+
 
 @dataclass
 class BenignResult:
@@ -265,6 +272,8 @@ class EvalSummary:
 
     recall: Rate
     recall_by_category: dict[str, Rate]
+    intervened: Rate
+    intervened_by_category: dict[str, Rate]
     greedy_leak_baseline: Rate
     greedy_leak: Rate
     leak_by_category_baseline: dict[str, Rate]
@@ -323,6 +332,7 @@ def summarize(
     categories = [p.category for p in probes]
     groups = [b.group for b in benign]
     flagged = [p.flagged for p in probes]
+    intervened = [p.intervened for p in probes]
     leak_before = [bool(p.baseline_leaked) for p in probes]
     leak_after = [bool(p.leaked) for p in probes]
     false_pos = [b.flagged for b in benign]
@@ -330,6 +340,8 @@ def summarize(
     summary = EvalSummary(
         recall=rate_of(flagged),
         recall_by_category=_by_key(categories, flagged),
+        intervened=rate_of(intervened),
+        intervened_by_category=_by_key(categories, intervened),
         greedy_leak_baseline=rate_of(leak_before),
         greedy_leak=rate_of(leak_after),
         leak_by_category_baseline=_by_key(categories, leak_before),
@@ -368,17 +380,32 @@ def format_report(summary: EvalSummary, info: RunInfo) -> str:
         f"max_tokens={info.max_tokens}, samples={info.samples}, concurrency={info.concurrency}",
         "",
         "Detector recall and greedy leak by category",
-        f"  {'category':<14}{'detected':>9} {'recall':>6}   {'leak bare':>9}   {'gateway':>9}",
+        f"  {'category':<14}{'detected':>9} {'recall':>6}   {'intervened':>10}"
+        f"   {'leak bare':>9}   {'gateway':>9}",
     ]
     rows = [
-        (cat, rate, summary.leak_by_category_baseline[cat], summary.leak_by_category[cat])
+        (
+            cat,
+            rate,
+            summary.intervened_by_category[cat],
+            summary.leak_by_category_baseline[cat],
+            summary.leak_by_category[cat],
+        )
         for cat, rate in summary.recall_by_category.items()
     ]
-    rows.append(("overall", summary.recall, summary.greedy_leak_baseline, summary.greedy_leak))
-    for category, rate, before, after in rows:
+    rows.append(
+        (
+            "overall",
+            summary.recall,
+            summary.intervened,
+            summary.greedy_leak_baseline,
+            summary.greedy_leak,
+        )
+    )
+    for category, rate, acted, before, after in rows:
         lines.append(
-            f"  {category:<14}{rate.fraction():>9} {rate.percent()}   "
-            f"{before.fraction():>9}   {after.fraction():>9}"
+            f"  {category:<14}{rate.fraction():>9} {rate.percent()}   {acted.fraction():>10}"
+            f"   {before.fraction():>9}   {after.fraction():>9}"
         )
     lines += [
         "",
@@ -426,6 +453,8 @@ def report_dict(
     metrics = {
         "recall": summary.recall.as_dict(),
         "recall_by_category": _rates_dict(summary.recall_by_category),
+        "intervened": summary.intervened.as_dict(),
+        "intervened_by_category": _rates_dict(summary.intervened_by_category),
         "greedy_leak": {
             "baseline": summary.greedy_leak_baseline.as_dict(),
             "gateway": summary.greedy_leak.as_dict(),

@@ -43,6 +43,7 @@ def build_services(settings: Settings) -> Services:
         embedder,
         corpus,
         ThresholdConfig(
+            benign_weight=settings.detector_benign_weight,
             fpr=settings.detector_fpr,
             floor=settings.detector_min_threshold,
             margin=settings.detector_margin,
@@ -52,7 +53,9 @@ def build_services(settings: Settings) -> Services:
     registry.load()
     loaded = load_model(settings.model, settings.cache_dir, settings.device, settings.model_name)
     engine = Engine(loaded)
-    detector = Detector(registry, settings.detector_window_words)
+    detector = Detector(
+        registry, settings.detector_window_words, fact_bonus=settings.detector_fact_bonus
+    )
     return Services(
         settings=settings,
         engine=engine,

@@ -76,7 +76,9 @@ class Settings(BaseSettings):
         200_000, ge=1, description="Longest conversation text accepted, in characters."
     )
     request_timeout_s: float = Field(
-        300.0, gt=0, description="A generation running longer than this ends with its tokens so far."
+        300.0,
+        gt=0,
+        description="A generation running longer than this ends with its tokens so far.",
     )
 
     # --- detector -----------------------------------------------------------------
@@ -87,18 +89,47 @@ class Settings(BaseSettings):
         description="False-positive budget per target on the benign corpus; the embedding "
         "threshold is set so at most this share of corpus prompts is flagged.",
     )
+    detector_benign_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of a window's similarity to the nearest benign corpus prompt, "
+        "subtracted from its similarity to a target (0 = plain cosine).",
+    )
+    detector_fact_bonus: float = Field(
+        0.1,
+        ge=0,
+        description="Added to a window's score per rare name or number (at most two) that the "
+        "served model itself mentioned when asked about the target at registration.",
+    )
     detector_min_threshold: float = Field(
-        0.62,
+        0.2,
         description="Lowest cosine threshold calibration may choose, whatever the corpus says.",
     )
     detector_margin: float = Field(
         0.02, ge=0, description="Added to the calibrated corpus quantile."
     )
     detector_window_words: int = Field(
-        24, ge=4, description="Words per embedding window, so a mention in a long prompt is not diluted."
+        24,
+        ge=4,
+        description="Words per embedding window, so a mention in a long prompt is not diluted.",
     )
     expansion_max_tokens: int = Field(
-        80, ge=8, description="Tokens the served model writes per expansion question at registration."
+        80,
+        ge=8,
+        description="Tokens the served model writes per expansion question at registration.",
+    )
+
+    answer_audit: bool = Field(
+        True,
+        description="Audit unflagged answers for target names (ALU-style); a flagged answer is "
+        "re-generated with the intervention before the client sees it.",
+    )
+    answer_audit_lookahead_chars: int = Field(
+        160,
+        ge=0,
+        description="Streaming: characters per choice held back and audited before the first "
+        "byte goes out; later mentions end the choice with finish_reason content_filter.",
     )
 
     # --- interventions ------------------------------------------------------------
@@ -108,7 +139,9 @@ class Settings(BaseSettings):
         description="ECO noise strength (relative to the embedding RMS) used until the per-target "
         "search finishes, and the upper end of that search.",
     )
-    eco_search_steps: int = Field(5, ge=1, description="Bisection steps of the ECO strength search.")
+    eco_search_steps: int = Field(
+        5, ge=1, description="Bisection steps of the ECO strength search."
+    )
     eco_safety_factor: float = Field(
         1.5, ge=1, description="The searched sigma is multiplied by this before use."
     )

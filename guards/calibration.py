@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -26,10 +27,25 @@ def load_benign_prompts(path: Path | None = None) -> list[str]:
     return [line.strip() for line in raw.splitlines() if line.strip()]
 
 
+def relative_score(
+    target_sim: npt.NDArray[np.float32],
+    benign_sim: npt.NDArray[np.float32],
+    benign_weight: float,
+) -> npt.NDArray[np.float32]:
+    """How much closer a window is to a target than to everyday traffic.
+
+    Plain cosine cannot separate "Who was Albert Einstein?" from an Isaac Newton target (0.62)
+    while paraphrases of the target score lower still; subtracting the similarity to the nearest
+    benign corpus prompt discounts what is merely the shape of a common question.
+    """
+    return (target_sim - benign_weight * benign_sim).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ThresholdConfig:
     """How thresholds are derived from corpus scores."""
 
+    benign_weight: float  # weight of the nearest-benign similarity in the score
     fpr: float  # share of corpus prompts a target may flag
     floor: float  # lowest threshold allowed
     margin: float  # added to the corpus quantile
@@ -54,6 +70,30 @@ class BenignCorpus:
                 texts.append(w.text)
         self.owner: npt.NDArray[np.int64] = np.asarray(owners, dtype=np.int64)  # [n_windows]
         self.vectors: Vectors = self._embed(texts, embedder, window_words, cache_dir)
+        self._index = faiss.IndexFlatIP(self.vectors.shape[1])
+        self._index.add(self.vectors)
+        # Each corpus window's nearest benign neighbour from *another* prompt: what `nearest`
+        # would return for it if it arrived as a request.
+        self.neighbour = self._leave_one_out()  # [n_windows]
+
+    def _leave_one_out(self, k: int = 8) -> npt.NDArray[np.float32]:
+        scores, ids = self._index.search(self.vectors, min(k, len(self.vectors)))
+        out = np.zeros(len(self.vectors), dtype=np.float32)
+        for row in range(len(self.vectors)):
+            others = [
+                s
+                for s, i in zip(scores[row], ids[row], strict=True)
+                if i >= 0 and self.owner[i] != self.owner[row]
+            ]
+            out[row] = others[0] if others else 0.0
+        return out
+
+    def nearest(self, queries: Vectors) -> npt.NDArray[np.float32]:
+        """Per query row: cosine of the most similar benign corpus window."""
+        if len(queries) == 0 or self._index.ntotal == 0:
+            return np.zeros(len(queries), dtype=np.float32)
+        scores, _ = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+        return scores[:, 0].astype(np.float32)
 
     @staticmethod
     def _embed(
@@ -76,9 +116,13 @@ class BenignCorpus:
             tmp.replace(cache)
         return vecs
 
-    def prompt_scores(self, target_vectors: Vectors) -> npt.NDArray[np.float32]:
-        """Per corpus prompt: the best cosine of any of its windows to any target vector."""
-        window_best = (self.vectors @ target_vectors.T).max(axis=1)  # [n_windows]
+    def prompt_scores(
+        self, target_vectors: Vectors, benign_weight: float
+    ) -> npt.NDArray[np.float32]:
+        """Per corpus prompt: its best window score against the target (see `relative_score`)."""
+        window_best = relative_score(
+            (self.vectors @ target_vectors.T).max(axis=1), self.neighbour, benign_weight
+        )  # [n_windows]
         out = np.full(len(self.prompts), -1.0, dtype=np.float32)
         np.maximum.at(out, self.owner, window_best)
         return out

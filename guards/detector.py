@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from guards.leak_terms import WORD_PATTERN as _WORD
 from guards.registry import Registry
 from guards.verdict import ChatTurn, Match, Span, Verdict
 from guards.windows import Window, split_windows
@@ -34,10 +35,30 @@ class Detector:
         True
     """
 
-    def __init__(self, registry: Registry, window_words: int, top_k: int = 16) -> None:
+    def __init__(
+        self, registry: Registry, window_words: int, fact_bonus: float = 0.1, top_k: int = 16
+    ) -> None:
         self.registry = registry
         self.window_words = window_words
+        self.fact_bonus = fact_bonus
         self.top_k = top_k
+
+    def _fact_hits(self, text: str) -> dict[str, list[tuple[int, int]]]:
+        """Per target: spans of words that are among its fact terms."""
+        hits: dict[str, list[tuple[int, int]]] = {}
+        found = [
+            (m.start(), m.end(), m.group(0).casefold().strip("'’-")) for m in _WORD.finditer(text)
+        ]
+        if not found:
+            return hits
+        for target in self.registry.list():
+            terms = target.calibration.fact_terms
+            if not terms:
+                continue
+            spans = [(a, b) for a, b, w in found if w in terms]
+            if spans:
+                hits[target.id] = spans
+        return hits
 
     def inspect(self, turns: Sequence[ChatTurn]) -> Verdict:
         """The verdict for a conversation (all roles, earlier turns included)."""
@@ -60,10 +81,21 @@ class Detector:
         ]
         if windows:
             vectors = self.registry.embedder.encode([w.text for _, w in windows])
+            benign = self.registry.corpus.nearest(vectors)  # [n_windows]
+            weight = self.registry.threshold_config.benign_weight
+            # Rare names/numbers the model itself associates with a target ("1687" for
+            # Newton) add to the window score of the windows that contain them.
+            facts = [self._fact_hits(w.text) for _, w in windows]
             best: dict[str, tuple[float, int]] = {}
             for hit in self.registry.index.search(vectors, self.top_k):
-                if hit.score > best.get(hit.target_id, (-1.0, -1))[0]:
-                    best[hit.target_id] = (hit.score, hit.query)
+                n_facts = len({w for w in facts[hit.query].get(hit.target_id, [])})
+                score = (
+                    hit.score
+                    - weight * float(benign[hit.query])
+                    + self.fact_bonus * min(n_facts, 2)
+                )
+                if score > best.get(hit.target_id, (-9.0, -1))[0]:
+                    best[hit.target_id] = (score, hit.query)
             for target_id, (score, row) in best.items():
                 target = self.registry.get(target_id)
                 if target is None or score < target.calibration.threshold:
@@ -96,4 +128,36 @@ class Detector:
                 "flagged: %s",
                 ", ".join(f"{m.target_id}({m.source} {m.score:.2f})" for m in matches),
             )
+        return Verdict(matches=tuple(matches))
+
+    def inspect_answer(self, answer: str) -> Verdict:
+        """Targets a model's answer names (ALU-style audit of the response).
+
+        Catches what slipped past `inspect`: an indirect question ("the glowing laser swords
+        of the 1977 space opera") whose answer names the target. Only alias mentions count:
+        they are precise enough to act on without a corpus calibration.
+        """
+        if len(self.registry) == 0 or not answer:
+            return Verdict()
+        by_target: dict[str, list[Span]] = {}
+        for mention in self.registry.aliases.find(answer):
+            by_target.setdefault(mention.target_id, []).append(Span(0, mention.start, mention.end))
+        matches = []
+        for target_id, spans in by_target.items():
+            target = self.registry.get(target_id)
+            if target is None:
+                continue
+            matches.append(
+                Match(
+                    target_id=target_id,
+                    name=target.spec.name,
+                    score=1.0,
+                    spans=tuple(spans),
+                    source="answer",
+                    intervention=target.spec.intervention,
+                    eco_sigma=target.calibration.eco_sigma,
+                )
+            )
+        if matches:
+            logger.info("answer audit flagged: %s", ", ".join(m.target_id for m in matches))
         return Verdict(matches=tuple(matches))

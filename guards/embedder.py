@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -55,15 +54,18 @@ class SentenceEmbedder:
 
     def __init__(self, spec: str) -> None:
         path = resolve_embedder_path(spec)
-        if spec.startswith(BUNDLED_PREFIX) or Path(path).exists():
-            # A local folder must never reach for the hub.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(path, device="cpu")
+        # A local folder (the bundled model included) must never reach for the hub.
+        self._model = SentenceTransformer(
+            path, device="cpu", local_files_only=Path(path).exists()
+        )
         self._name = spec
         self._lock = threading.Lock()
-        dim = self._model.get_sentence_embedding_dimension()
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
+            self._model, "get_sentence_embedding_dimension"
+        )
+        dim = get_dim()
         self._dim = int(dim) if dim else int(self.encode(["x"]).shape[1])
         logger.info("embedder %s loaded (dim %d)", spec, self._dim)
 

@@ -68,7 +68,7 @@ class FaissVectorIndex:
         ids = self._ids_of.pop(target_id, None)
         if ids is None:
             return
-        self._index.remove_ids(ids)
+        self._index.remove_ids(ids)  # type: ignore[arg-type]  # faiss accepts id arrays
         for i in ids.tolist():
             self._owner.pop(i, None)
 

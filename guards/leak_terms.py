@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from guards.targets import TargetSpec
 
-_WORD = re.compile(r"[^\W_][\w'’-]*[^\W_]|\d{3,}", re.UNICODE)
+WORD_PATTERN = re.compile(r"[^\W_][\w'’-]*[^\W_]|\d{3,}", re.UNICODE)
+_WORD = WORD_PATTERN
 
 
 def words(text: str) -> set[str]:
@@ -21,6 +22,20 @@ def corpus_vocabulary(prompts: Iterable[str]) -> set[str]:
     for p in prompts:
         vocab |= words(p)
     return vocab
+
+
+def answer_terms(questions: list[str], answers: list[str], common: set[str]) -> set[str]:
+    """Rare names and numbers the model added from memory when answering the questions."""
+    terms: set[str] = set()
+    for question, answer in zip(questions, answers, strict=True):
+        asked = words(question)
+        for raw in _WORD.findall(answer):
+            w = raw.casefold().strip("'’-")
+            if len(w) < 4 or w in asked or w in common:
+                continue
+            if raw[0].isupper() or any(c.isdigit() for c in raw):
+                terms.add(w)
+    return terms
 
 
 def derive_leak_terms(
@@ -40,15 +55,7 @@ def derive_leak_terms(
     terms: set[str] = set()
     for alias in spec.all_aliases():
         terms |= {w for w in words(alias) if len(w) >= 4 and w not in common}
-    for question, answer in zip(questions, answers, strict=True):
-        asked = words(question)
-        for raw in _WORD.findall(answer):
-            w = raw.casefold().strip("'’-")
-            if len(w) < 4 or w in asked or w in common:
-                continue
-            if raw[0].isupper() or any(c.isdigit() for c in raw):
-                terms.add(w)
-    return terms
+    return terms | answer_terms(questions, answers, common)
 
 
 def leaks(answer: str, question: str, terms: set[str]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -68,7 +69,7 @@ class Registry:
 
     # --- derived state --------------------------------------------------------------
     def _threshold(self, target: Target, vectors: np.ndarray) -> float:
-        scores = self.corpus.prompt_scores(vectors)
+        scores = self.corpus.prompt_scores(vectors, self.threshold_config.benign_weight)
         own = AliasMatcher()
         own.add(target.id, matcher_aliases(target.spec))
         about = np.array([bool(own.find(p)) for p in self.corpus.prompts], dtype=bool)
@@ -80,7 +81,7 @@ class Registry:
         self._targets[target.id] = target
 
     # --- writes ---------------------------------------------------------------------
-    def load(self) -> list[Target]:
+    def load(self) -> "builtins.list[Target]":
         """Rebuild the in-memory index from the store (at start-up)."""
         targets = self.store.list()
         for target in targets:

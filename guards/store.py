@@ -1,4 +1,4 @@
-"""Durable storage of targets. `TargetStore` is the contract; SQLite (WAL) is the embedded default."""
+"""Durable storage of targets: `TargetStore` is the contract, SQLite (WAL) the embedded default."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def _calibration_from_json(raw: str) -> Calibration:
         threshold=float(data.get("threshold", 1.0)),
         eco_sigma=float(data.get("eco_sigma", 1.0)),
         expansion=tuple(data.get("expansion", ())),
+        fact_terms=tuple(data.get("fact_terms", ())),
     )
 
 
@@ -109,7 +110,9 @@ class SqliteTargetStore:
         """Open a store from a `sqlite:///path` URL."""
         parsed = urlparse(url)
         if parsed.scheme != "sqlite" or not parsed.path:
-            raise StoreError(f"unsupported registry URL {url!r}: expected sqlite:///path/to/file.db")
+            raise StoreError(
+                f"unsupported registry URL {url!r}: expected sqlite:///path/to/file.db"
+            )
         # sqlite:///rel/path -> "/rel/path" (absolute); sqlite:////abs -> "//abs".
         raw = url[len("sqlite:///") :]
         return cls(Path(raw), create=create)

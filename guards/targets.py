@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 
-class Intervention(str, enum.Enum):
+class Intervention(enum.StrEnum):
     """How a flagged request is answered."""
 
     AUTO = "auto"
@@ -18,7 +18,7 @@ class Intervention(str, enum.Enum):
         return Intervention.ECO if self is Intervention.AUTO else self
 
 
-class CalibrationState(str, enum.Enum):
+class CalibrationState(enum.StrEnum):
     """Progress of the background work that refines a target after registration."""
 
     PENDING = "pending"
@@ -67,6 +67,7 @@ class Calibration:
     threshold: float = 1.0  # cosine at or above which an embedding window flags the target
     eco_sigma: float = 1.0  # noise strength relative to the embedding RMS
     expansion: tuple[str, ...] = ()  # what the served model said about the target
+    fact_terms: tuple[str, ...] = ()  # rare names/numbers from those answers (lower-cased)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from guards.targets import Intervention
 
@@ -66,6 +66,15 @@ class Plan:
     spans: tuple[Span, ...] = field(default_factory=tuple)  # ECO: where to corrupt
     eco_sigma: float = 0.0
     noise_seed: int = 0
+
+    @staticmethod
+    def for_whole_turns(verdict: Verdict, turns: list[ChatTurn], noise_seed: int = 0) -> Plan:
+        """The plan for a conversation whose answer, not its text, showed the target: corrupt
+        every user turn, since no span of the prompt is known to carry the target."""
+        spans = tuple(Span(i, 0, len(t.content)) for i, t in enumerate(turns) if t.role == "user")
+        matches = tuple(replace(m, spans=()) for m in verdict.matches)
+        plan = Plan.from_verdict(Verdict(matches=matches), noise_seed)
+        return replace(plan, spans=spans) if plan.action == "eco" else plan
 
     @staticmethod
     def from_verdict(verdict: Verdict, noise_seed: int = 0) -> Plan:

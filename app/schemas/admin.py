@@ -11,7 +11,9 @@ from app.schemas.openai import ChatMessage
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Alias = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Example = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
-RedactString = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=300)]
+RedactString = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=2, max_length=300)
+]
 
 
 class AdminModel(BaseModel):

@@ -161,5 +161,3 @@ def content_text(content: str | list[ContentPart] | None) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.text or "" for part in content if part.type == "text")
-
-

@@ -1,0 +1,278 @@
+"""Durability of the registry: restarts, corrupt files, and a writer killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _support import (
+    ADMIN,
+    REPO_ROOT,
+    asgi_client,
+    assert_error_shape,
+    gateway_settings,
+    spec_for,
+)
+
+from app.main import create_app
+from app.settings import Settings
+from guards.calibration import BenignCorpus, ThresholdConfig
+from guards.detector import Detector
+from guards.embedder import SentenceEmbedder
+from guards.registry import Registry
+from guards.store import SqliteTargetStore, StoreError
+from guards.targets import Calibration, CalibrationState, TargetSpec
+from guards.verdict import ChatTurn
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ZORBLAX = TargetSpec(
+    name="Zorblax Quintavenue",
+    aliases=("Zorblax",),
+    examples=("Who is Zorblax Quintavenue?",),
+    redact=("zorblax@example.org",),
+)
+
+
+def registry_at(db: Path, embedder: SentenceEmbedder, corpus: BenignCorpus) -> Registry:
+    """A registry wired like the app's, over a SQLite file."""
+    s = Settings()
+    config = ThresholdConfig(
+        benign_weight=s.detector_benign_weight,
+        fpr=s.detector_fpr,
+        floor=s.detector_min_threshold,
+        margin=s.detector_margin,
+    )
+    store = SqliteTargetStore.open(f"sqlite:///{db.as_posix()}")
+    registry = Registry(store, embedder, corpus, config, default_sigma=s.eco_default_sigma)
+    registry.load()
+    return registry
+
+
+def flagged_ids(registry: Registry, text: str) -> set[str]:
+    verdict = Detector(registry, Settings().detector_window_words).inspect([ChatTurn("user", text)])
+    return {m.target_id for m in verdict.matches}
+
+
+# --- registry-level restarts ------------------------------------------------------------
+
+
+def test_targets_survive_a_restart_and_stay_enforced(
+    tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
+) -> None:
+    db = tmp_path / "registry.db"
+    first = registry_at(db, embedder, corpus)
+    target = first.add(ZORBLAX)
+    other = first.add(TargetSpec(name="Plimbertine Oxwaddle"))
+    assert first.remove(other.id)
+    first.store.close()
+
+    second = registry_at(db, embedder, corpus)
+    try:
+        assert [t.id for t in second.list()] == [target.id]
+        restored = second.get(target.id)
+        assert restored is not None
+        assert restored.spec == ZORBLAX
+        assert restored.calibration == target.calibration
+        assert len(second.index) == len(target.vector_texts())
+        assert flagged_ids(second, "Tell me everything about Zorblax.") == {target.id}
+        assert flagged_ids(second, "What is the capital of France?") == set()
+        assert flagged_ids(second, "Tell me about Plimbertine Oxwaddle.") == set()
+    finally:
+        second.store.close()
+
+
+def test_calibration_updates_survive_a_restart(
+    tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
+) -> None:
+    db = tmp_path / "registry.db"
+    first = registry_at(db, embedder, corpus)
+    target = first.add(ZORBLAX)
+    expansion = ("Zorblax Quintavenue is a wizard from Elbonia.", "He was born in 1887.")
+    updated = first.update_calibration(
+        target.id,
+        Calibration(
+            state=CalibrationState.DONE,
+            progress=1.0,
+            threshold=target.calibration.threshold,
+            eco_sigma=0.75,
+            expansion=expansion,
+        ),
+        recalibrate=True,
+    )
+    assert updated is not None
+    first.store.close()
+
+    second = registry_at(db, embedder, corpus)
+    try:
+        restored = second.get(target.id)
+        assert restored is not None
+        assert restored.calibration.state is CalibrationState.DONE
+        assert restored.calibration.eco_sigma == 0.75
+        assert restored.calibration.expansion == expansion
+        assert restored.calibration.threshold == pytest.approx(updated.calibration.threshold)
+        # The expansion is embedded again at load: index holds spec + expansion vectors.
+        assert len(second.index) == len(ZORBLAX.texts()) + len(expansion)
+    finally:
+        second.store.close()
+
+
+def test_removal_survives_a_restart(
+    tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
+) -> None:
+    db = tmp_path / "registry.db"
+    first = registry_at(db, embedder, corpus)
+    target = first.add(ZORBLAX)
+    assert first.remove(target.id)
+    first.store.close()
+    second = registry_at(db, embedder, corpus)
+    try:
+        assert second.list() == []
+        assert len(second.index) == 0
+        assert flagged_ids(second, "Who is Zorblax?") == set()
+    finally:
+        second.store.close()
+
+
+# --- start-up failures (fail before anything heavy loads) --------------------------------
+
+
+async def test_corrupt_registry_makes_startup_fail_naming_the_path(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    db.write_bytes(os.urandom(2048) + b"this is not a database" * 64)
+    app = create_app(gateway_settings(tmp_path))
+    with pytest.raises(StoreError) as err:
+        async with app.router.lifespan_context(app):
+            pytest.fail("the gateway started on a corrupt registry")
+    assert str(db) in str(err.value)
+
+
+async def test_missing_registry_with_create_false_makes_startup_fail(tmp_path: Path) -> None:
+    db = tmp_path / "absent" / "registry.db"
+    app = create_app(
+        gateway_settings(tmp_path, registry_url=f"sqlite:///{db}", registry_create=False)
+    )
+    with pytest.raises(StoreError) as err:
+        async with app.router.lifespan_context(app):
+            pytest.fail("the gateway started without its registry")
+    assert str(db) in str(err.value)
+    assert not db.exists()
+
+
+# --- whole-app restart --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_whole_app_restart_keeps_targets(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path)
+    body = {"name": "Zorblax Quintavenue", "aliases": ["Zorblax"], "intervention": "refuse"}
+
+    first = create_app(settings)
+    async with first.router.lifespan_context(first):
+        async with asgi_client(first) as http:
+            created = await http.post("/admin/targets", json=body, headers=ADMIN)
+            assert created.status_code == 201
+            target = created.json()
+
+    second = create_app(settings)
+    async with second.router.lifespan_context(second):
+        async with asgi_client(second) as http:
+            listed = (await http.get("/admin/targets", headers=ADMIN)).json()["data"]
+            assert [t["id"] for t in listed] == [target["id"]]
+            for key in ("name", "aliases", "intervention", "created_at"):
+                assert listed[0][key] == target[key], key
+            verdict = (
+                await http.post("/admin/classify", json={"text": "Who is Zorblax?"}, headers=ADMIN)
+            ).json()
+            assert verdict["flagged"] is True
+            assert [m["target_id"] for m in verdict["matches"]] == [target["id"]]
+            chat = await http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "smollm2-135m-instruct",
+                    "messages": [{"role": "user", "content": "Who is Zorblax?"}],
+                    "max_tokens": 4,
+                },
+            )
+            assert chat.json()["choices"][0]["message"]["content"] == settings.refusal_message
+            deleted = await http.delete(f"/admin/targets/{target['id']}", headers=ADMIN)
+            assert deleted.status_code == 204
+            again = await http.get(f"/admin/targets/{target['id']}", headers=ADMIN)
+            assert again.status_code == 404
+            assert_error_shape(again.json())
+
+
+# --- SIGKILL mid-write ----------------------------------------------------------------------
+
+WRITER = """
+import sys
+from _support import spec_for
+from guards.store import SqliteTargetStore
+from guards.targets import Target
+
+store = SqliteTargetStore.open(sys.argv[1])
+i = len(store.list())
+while True:
+    store.add(Target(id=f"t{i:06d}", spec=spec_for(i), created_at=i))
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def run_writer_until_killed(url: str, at_least: int) -> int:
+    """Start a writer, SIGKILL it after `at_least` acknowledged adds; the last acknowledged i."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+        text=True,
+    )
+    last = -1
+    seen = 0
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while seen < at_least:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"writer died: {proc.stderr.read() if proc.stderr else ''}")
+            last = int(line)
+            seen += 1
+            assert time.monotonic() < deadline, "writer too slow"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    return last
+
+
+def test_sigkill_mid_write_leaves_only_complete_targets(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    url = f"sqlite:///{db.as_posix()}"
+    acknowledged = -1
+    for round_, at_least in enumerate((25, 7, 40)):
+        acknowledged = run_writer_until_killed(url, at_least)
+        store = SqliteTargetStore.open(url, create=False)
+        try:
+            targets = store.list()
+        finally:
+            store.close()
+        ids = [t.id for t in targets]
+        # Contiguous from 0: no hole, nothing half-written, every acknowledged add is there.
+        assert ids == [f"t{i:06d}" for i in range(len(ids))], round_
+        assert len(ids) >= acknowledged + 1, round_
+        for i, target in enumerate(targets):
+            assert target.spec == spec_for(i), target.id
+            assert target.created_at == i
+    assert acknowledged >= 25 + 7 + 40 - 1
