@@ -1,15 +1,18 @@
-"""Generation engine: runs a request's rows (one per choice) with their per-row plans.
+"""Generation engine with continuous batching and per-row plans.
 
-The model runs in one worker thread, so the event loop keeps serving /health and admin calls
-while tokens are produced. Each row has its own plan, sampling parameters and stop rules; a
-plan of `none` leaves the model's computation untouched.
+One worker thread owns the model. At every step boundary it admits waiting requests into the
+running batch (iteration-level scheduling, as in Orca and vLLM): a new request is prefilled on
+its own, with its plan applied to its prompt embeddings, and its KV cache joins the batch
+left-padded to the common length; then one decode step runs for every row at once. A row
+that finishes or whose client went away leaves at the next step boundary. The event loop only
+awaits events, so it keeps serving /health and admin calls while tokens are produced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,28 +20,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from adapters.batch import KVBatch
 from adapters.eco import corrupt_embeddings
 from adapters.model import LoadedModel
 from adapters.prompt import RenderedPrompt
+from adapters.sampling import RowText, SamplingParams, choose_token, row_generator
 from guards.verdict import Plan
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-row decoding parameters."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    @property
-    def greedy(self) -> bool:
-        """Temperature 0 means argmax decoding."""
-        return self.temperature <= 1e-5
+__all__ = [
+    "Engine",
+    "GenerationRequest",
+    "RowFinished",
+    "SamplingParams",
+    "TokenDelta",
+]
 
 
 @dataclass(frozen=True)
@@ -65,86 +62,85 @@ class RowFinished:
     """A row ended."""
 
     row: int
-    reason: str  # "stop" | "length"
+    reason: str  # "stop" | "length" | "content_filter"
     completion_tokens: int
+
+
+Event = TokenDelta | RowFinished | BaseException | None
 
 
 @dataclass
 class _Job:
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[TokenDelta | RowFinished | BaseException | None]
+    events: asyncio.Queue[Event]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    rows_left: int = 0
 
-    def emit(self, event: TokenDelta | RowFinished | BaseException | None) -> None:
+    def emit(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
-class _RowText:
-    """Incremental detokenisation plus stop-string handling for one row."""
-
-    def __init__(self, tokenizer: object, stop: tuple[str, ...]) -> None:
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.holdback = max((len(s) for s in stop), default=1) - 1
-        self.ids: list[int] = []
-        self.sent = 0  # chars of the decoded text already emitted
-        self.done = False
-
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """Add a token; returns (text safe to emit now, hit a stop string)."""
-        self.ids.append(token_id)
-        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)  # type: ignore[attr-defined]
-        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
-            return "", False
-        for s in self.stop:
-            pos = text.find(s, max(0, self.sent - len(s)))
-            if pos >= 0:
-                out = text[self.sent : pos] if pos > self.sent else ""
-                self.sent = max(self.sent, pos)
-                return out, True
-        safe_end = max(self.sent, len(text) - self.holdback)
-        out = text[self.sent : safe_end]
-        self.sent = safe_end
-        return out, False
-
-    def flush(self) -> str:
-        """Text held back for stop matching, released at the end of the row."""
-        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)  # type: ignore[attr-defined]
-        out = text[self.sent :]
-        self.sent = len(text)
-        return out
+@dataclass
+class _Row:
+    job: _Job
+    index: int  # choice index within the job
+    text: RowText
+    gen: torch.Generator
+    position: int  # position id of the next token fed to the model
+    last_token: int = 0
+    count: int = 0
+    done: bool = False
 
 
 class Engine:
-    """Runs generation requests on one worker thread, streaming tokens back to the event loop.
+    """Serves generation requests from one continuously batched worker thread.
 
     Example:
         >>> engine = Engine(load_model("bundled:smollm2-135m-instruct", cache))  # doctest: +SKIP
         >>> async for event in engine.generate(request): ...  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, max_batch: int = 16, max_queue: int = 64) -> None:
         self.loaded = loaded
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._running = True
+        self._active_rows = 0
         self._thread = threading.Thread(target=self._worker, name="lethe-engine", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the worker after the running job."""
-        self._jobs.put(None)
+        """Stop the worker after the current step."""
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
         self._thread.join(timeout=30)
 
     @property
     def queue_depth(self) -> int:
-        """Jobs waiting for the worker."""
-        return self._jobs.qsize()
+        """Requests waiting for a place in the batch."""
+        return len(self._pending)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows being decoded now."""
+        return self._active_rows
+
+    def has_capacity(self) -> bool:
+        """False when the waiting queue is full (the caller should answer 429)."""
+        return len(self._pending) < self.max_queue
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta | RowFinished]:
         """Stream a request's events; leaving the iteration early cancels its rows."""
-        loop = asyncio.get_running_loop()
-        job = _Job(request=request, loop=loop, events=asyncio.Queue())
-        self._jobs.put(job)
+        if request.n > self.max_batch:
+            raise ValueError(f"n={request.n} exceeds the batch size {self.max_batch}")
+        job = _Job(request=request, loop=asyncio.get_running_loop(), events=asyncio.Queue())
+        with self._cond:
+            self._pending.append(job)
+            self._cond.notify_all()
         try:
             while True:
                 event = await job.events.get()
@@ -157,22 +153,44 @@ class Engine:
             job.cancelled.set()
 
     # --- worker side ------------------------------------------------------------------
+    def _admit(self, rows: list[_Row]) -> list[_Job]:
+        """Jobs that fit into the batch now; blocks while there is nothing to do."""
+        with self._cond:
+            while self._running and not rows and not self._pending:
+                self._cond.wait()
+            admitted: list[_Job] = []
+            used = len(rows)
+            while self._pending and used + self._pending[0].request.n <= self.max_batch:
+                job = self._pending.popleft()
+                if job.cancelled.is_set():
+                    continue
+                admitted.append(job)
+                used += job.request.n
+            return admitted
+
     def _worker(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                continue
+        rows: list[_Row] = []
+        batch = KVBatch()
+        while self._running:
+            jobs = self._admit(rows)
             try:
-                self._run(job)
-                job.emit(None)
-            except Exception as exc:  # surfaced to the awaiting request, never kills the worker
-                logger.exception("generation failed")
-                job.emit(exc)
+                with torch.inference_mode():
+                    for job in jobs:
+                        self._prefill(job, rows, batch)
+                    rows = self._drop_finished(rows, batch)
+                    if rows:
+                        self._decode(rows, batch)
+                        rows = self._drop_finished(rows, batch)
+            except Exception as exc:  # surfaced to every affected request; the worker lives on
+                logger.exception("generation step failed")
+                affected = {id(j): j for j in [*(r.job for r in rows), *jobs]}
+                for job in affected.values():
+                    job.emit(exc)
+                rows, batch = [], KVBatch()
+            self._active_rows = len(rows)
 
     def _prefill_embeds(self, request: GenerationRequest) -> torch.Tensor:
-        """Input embeddings `[n, seq, hidden]`, corrupted per the plan for ECO rows."""
+        """Prompt embeddings `[1, seq, hidden]`, corrupted per the plan for ECO rows."""
         lm = self.loaded
         ids = torch.tensor([request.prompt.ids], dtype=torch.long, device=lm.device)
         embeds = lm.model.get_input_embeddings()(ids)[0]  # [seq, hidden]
@@ -181,86 +199,92 @@ class Engine:
             embeds = corrupt_embeddings(
                 embeds, positions, request.plan.eco_sigma, request.plan.noise_seed
             )
-        out: torch.Tensor = embeds.unsqueeze(0).expand(request.n, -1, -1).contiguous()
+        out: torch.Tensor = embeds.unsqueeze(0)
         return out
 
-    @staticmethod
-    def _generators(sampling: SamplingParams, n: int) -> list[torch.Generator]:
-        gens = []
-        for row in range(n):
-            gen = torch.Generator(device="cpu")
-            if sampling.seed is not None:
-                gen.manual_seed(sampling.seed + row)
-            else:
-                gen.seed()
-            gens.append(gen)
-        return gens
-
-    @staticmethod
-    def _choose(logits: torch.Tensor, sampling: SamplingParams, gen: torch.Generator) -> int:
-        """Next token for one row from `[vocab]` logits."""
-        if sampling.greedy:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1).cpu()
-        if sampling.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < sampling.top_p
-            keep[0] = True
-            filtered = torch.zeros_like(probs)
-            filtered[order[keep]] = sorted_p[keep]
-            probs = filtered / filtered.sum()
-        return int(torch.multinomial(probs, 1, generator=gen).item())
-
-    @torch.inference_mode()
-    def _run(self, job: _Job) -> None:
-        lm = self.loaded
-        req = job.request
-        n = req.n
-        sampling = req.sampling
-        texts = [_RowText(lm.tokenizer, sampling.stop) for _ in range(n)]
-        gens = self._generators(sampling, n)
-        finished = [False] * n
-        prompt_len = len(req.prompt.ids)
-
-        counts = [0] * n
+    def _prefill(self, job: _Job, rows: list[_Row], batch: KVBatch) -> None:
+        """Run a new request's prompt alone and add its rows to the batch."""
+        lm, req = self.loaded, job.request
         out = lm.model(inputs_embeds=self._prefill_embeds(req), use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]  # [n, vocab]
-        while True:
-            next_ids: list[int] = []
-            for row in range(n):
-                if finished[row]:
-                    next_ids.append(0)
-                    continue
-                token = self._choose(logits[row], sampling, gens[row])
-                next_ids.append(token)
-                counts[row] += 1
-                reason: str | None = None
-                if token in lm.stop_token_ids:
-                    reason = "stop"
-                else:
-                    delta, hit_stop = texts[row].push(token)
-                    if delta:
-                        job.emit(TokenDelta(row, delta))
-                    if hit_stop:
-                        reason = "stop"
-                        texts[row].done = True
-                if reason is None and (
-                    counts[row] >= sampling.max_tokens
-                    or prompt_len + counts[row] >= lm.context_length
-                    or (req.deadline is not None and time.monotonic() > req.deadline)
-                ):
-                    reason = "length"
-                if reason is not None:
-                    if not texts[row].done:  # release text held back for stop matching
-                        tail = texts[row].flush()
-                        if tail:
-                            job.emit(TokenDelta(row, tail))
-                    finished[row] = True
-                    job.emit(RowFinished(row, reason, completion_tokens=counts[row]))
-            if all(finished) or job.cancelled.is_set():
-                return
-            ids = torch.tensor(next_ids, dtype=torch.long, device=lm.device).unsqueeze(1)
-            out = lm.model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]
+        cache = out.past_key_values
+        logits = out.logits[0, -1]  # [vocab], shared by the request's rows
+        if req.n > 1:
+            cache.batch_repeat_interleave(req.n)
+        length = len(req.prompt.ids)
+        batch.join(cache, torch.ones((req.n, length), dtype=torch.long, device=lm.device))
+        job.rows_left = req.n
+        for i in range(req.n):
+            row = _Row(
+                job=job,
+                index=i,
+                text=RowText(lm.tokenizer, req.sampling.stop),
+                gen=row_generator(req.sampling, i),
+                position=length,
+            )
+            rows.append(row)
+            self._accept(row, choose_token(logits, req.sampling, row.gen))
+
+    def _decode(self, rows: list[_Row], batch: KVBatch) -> None:
+        """One token for every row of the batch."""
+        lm = self.loaded
+        ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long, device=lm.device)
+        positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=lm.device)
+        out = lm.model(
+            input_ids=ids,
+            attention_mask=batch.extend_mask(),
+            position_ids=positions,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        batch.cache = out.past_key_values
+        logits = out.logits[:, -1, :]  # [batch, vocab]
+        for i, row in enumerate(rows):
+            row.position += 1
+            self._accept(row, choose_token(logits[i], row.job.request.sampling, row.gen))
+
+    def _accept(self, row: _Row, token: int) -> None:
+        """Record a row's new token: emit its text, end the row when a limit is reached."""
+        job, lm = row.job, self.loaded
+        sampling = job.request.sampling
+        row.last_token = token
+        row.count += 1
+        reason: str | None = None
+        if token in lm.stop_token_ids:
+            reason = "stop"
+        else:
+            delta = row.text.push(token)
+            if delta:
+                job.emit(TokenDelta(row.index, delta))
+            if row.text.stopped:
+                reason = "stop"
+            elif (
+                row.count >= sampling.max_tokens
+                or row.position + 1 >= lm.context_length
+                or (job.request.deadline is not None and time.monotonic() > job.request.deadline)
+            ):
+                reason = "length"
+        if reason is not None:
+            tail = row.text.flush()
+            if tail:
+                job.emit(TokenDelta(row.index, tail))
+            self._finish(row, reason)
+
+    @staticmethod
+    def _finish(row: _Row, reason: str) -> None:
+        row.done = True
+        row.job.emit(RowFinished(row.index, reason, completion_tokens=row.count))
+        row.job.rows_left -= 1
+        if row.job.rows_left == 0:
+            row.job.emit(None)
+
+    @staticmethod
+    def _drop_finished(rows: list[_Row], batch: KVBatch) -> list[_Row]:
+        """Remove finished rows and rows whose client went away."""
+        for row in rows:
+            if not row.done and row.job.cancelled.is_set():
+                row.done = True
+        keep = [i for i, row in enumerate(rows) if not row.done]
+        if len(keep) == len(rows):
+            return rows
+        batch.keep(keep)
+        return [rows[i] for i in keep]

@@ -48,7 +48,7 @@ def answer_sentences(answers: list[str], max_sentences: int = 48) -> tuple[str, 
 
 
 class TargetCalibrator:
-    """Runs calibration jobs one at a time on the event loop (the engine does the heavy work)."""
+    """Runs calibration jobs on the event loop (the engine batches their generations)."""
 
     def __init__(
         self, engine: Engine, registry: Registry, detector: Detector, settings: Settings
@@ -58,21 +58,22 @@ class TargetCalibrator:
         self.detector = detector
         self.settings = settings
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._common = corpus_vocabulary(registry.corpus.prompts)
 
-    def start(self) -> None:
-        """Start the worker task (inside the running loop)."""
-        self._task = asyncio.create_task(self._worker(), name="lethe-calibrator")
+    def start(self, workers: int = 2) -> None:
+        """Start the worker tasks (inside the running loop); each calibrates one target."""
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"lethe-calibrator-{i}")
+            for i in range(workers)
+        ]
 
     async def stop(self) -> None:
-        """Cancel the worker."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Cancel the workers."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
     def submit(self, target_id: str) -> None:
         """Queue a target for calibration."""
@@ -138,10 +139,9 @@ class TargetCalibrator:
                 ]
             )
         )
-        answers = []
-        for i, q in enumerate(questions):
-            answers.append(await self._answer(q, Plan()))
-            await self._update(target_id, progress=0.05 + 0.35 * (i + 1) / len(questions))
+        # All questions at once: the engine batches them.
+        answers = list(await asyncio.gather(*(self._answer(q, Plan()) for q in questions)))
+        await self._update(target_id, progress=0.4)
         alias_words = {w for a in spec.all_aliases() for w in words(a)}
         facts = answer_terms(questions, answers, self._common) - alias_words
         target = await self._update(
@@ -160,14 +160,14 @@ class TargetCalibrator:
         if probe and spec.intervention.resolved().value == "eco":
             lo = 0.0
             steps = self.settings.eco_search_steps
+            base_plans = [await self._eco_plan(target_id, q, 0.0) for q in probe]
             for step in range(steps):
                 mid = (lo + hi) / 2
-                leaked = False
-                for q in probe:
-                    answer = await self._answer(q, await self._eco_plan(target_id, q, mid))
-                    if leaks(answer, q, terms):
-                        leaked = True
-                        break
+                plans = [replace(p, eco_sigma=mid) for p in base_plans]
+                replies = await asyncio.gather(
+                    *(self._answer(q, plan) for q, plan in zip(probe, plans, strict=True))
+                )
+                leaked = any(leaks(a, q, terms) for q, a in zip(probe, replies, strict=True))
                 lo, hi = (mid, hi) if leaked else (lo, mid)
                 await self._update(target_id, progress=0.45 + 0.5 * (step + 1) / steps)
             sigma = min(hi * self.settings.eco_safety_factor, self.settings.eco_default_sigma * 2)

@@ -12,7 +12,7 @@ import anyio
 
 from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
 from adapters.prompt import PromptError, RenderedPrompt, render
-from app.errors import BadRequest, ContextLengthExceeded, NotFound
+from app.errors import BadRequest, ContextLengthExceeded, NotFound, Overloaded
 from app.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -125,8 +125,9 @@ class ChatService:
                 f"at most {self.settings.max_messages} messages are accepted", param="messages"
             )
         n = 1 if req.n is None else req.n
-        if not 1 <= n <= self.settings.max_n:
-            raise BadRequest(f"n must be between 1 and {self.settings.max_n}", param="n")
+        max_n = min(self.settings.max_n, self.engine.max_batch)
+        if not 1 <= n <= max_n:
+            raise BadRequest(f"n must be between 1 and {max_n}", param="n")
         return n
 
     async def prepare(self, req: ChatCompletionRequest) -> PreparedChat:
@@ -143,6 +144,8 @@ class ChatService:
         except PromptError as exc:
             raise BadRequest(str(exc), param="messages") from exc
         sampling = self._sampling(req, len(prompt.ids))
+        if not self.engine.has_capacity():
+            raise Overloaded("the gateway is at capacity; retry shortly")
         verdict: Verdict = await anyio.to_thread.run_sync(self.detector.inspect, turns)
         plan = Plan.from_verdict(verdict, noise_seed=noise_seed(turns))
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

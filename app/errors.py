@@ -60,6 +60,15 @@ class Forbidden(LetheError):
     code = "forbidden"
 
 
+class Overloaded(LetheError):
+    """The waiting queue is full; the client should retry later."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+    retry_after_s = 1
+
+
 class Unavailable(LetheError):
     """The gateway cannot take this request now."""
 
@@ -102,7 +111,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LetheError)
     async def _lethe(_: Request, exc: LetheError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers: dict[str, str] | None = None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return JSONResponse(
             error_payload(exc.message, exc.type, exc.param, exc.code),
             status_code=exc.status_code,

@@ -52,7 +52,7 @@ def build_services(settings: Settings) -> Services:
     )
     registry.load()
     loaded = load_model(settings.model, settings.cache_dir, settings.device, settings.model_name)
-    engine = Engine(loaded)
+    engine = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue)
     detector = Detector(
         registry, settings.detector_window_words, fact_bonus=settings.detector_fact_bonus
     )

@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level.")
 
     # --- generation ---------------------------------------------------------------
+    max_batch: int = Field(
+        16, ge=1, le=256, description="Rows (choices) decoded together in the running batch."
+    )
+    max_queue: int = Field(
+        64,
+        ge=0,
+        description="Requests that may wait for a place in the batch; past it the gateway "
+        "answers 429 with Retry-After.",
+    )
     max_tokens_default: int = Field(
         256, ge=1, description="max_tokens used when a request gives none."
     )

@@ -57,13 +57,12 @@ class SentenceEmbedder:
         from sentence_transformers import SentenceTransformer
 
         # A local folder (the bundled model included) must never reach for the hub.
-        self._model = SentenceTransformer(
-            path, device="cpu", local_files_only=Path(path).exists()
-        )
+        self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
         self._name = spec
         self._lock = threading.Lock()
-        get_dim = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
+        get_dim = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
         )
         dim = get_dim()
         self._dim = int(dim) if dim else int(self.encode(["x"]).shape[1])

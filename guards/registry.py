@@ -81,7 +81,7 @@ class Registry:
         self._targets[target.id] = target
 
     # --- writes ---------------------------------------------------------------------
-    def load(self) -> "builtins.list[Target]":
+    def load(self) -> builtins.list[Target]:
         """Rebuild the in-memory index from the store (at start-up)."""
         targets = self.store.list()
         for target in targets:

@@ -29,7 +29,8 @@ from guards.store import SqliteTargetStore, StoreError
 from guards.targets import Calibration, CalibrationState, TargetSpec
 from guards.verdict import ChatTurn
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+# Only the async tests below run on the (session) event loop.
+session_loop = pytest.mark.asyncio(loop_scope="session")
 
 ZORBLAX = TargetSpec(
     name="Zorblax Quintavenue",
@@ -142,6 +143,7 @@ def test_removal_survives_a_restart(
 # --- start-up failures (fail before anything heavy loads) --------------------------------
 
 
+@session_loop
 async def test_corrupt_registry_makes_startup_fail_naming_the_path(tmp_path: Path) -> None:
     db = tmp_path / "registry.db"
     db.write_bytes(os.urandom(2048) + b"this is not a database" * 64)
@@ -152,6 +154,7 @@ async def test_corrupt_registry_makes_startup_fail_naming_the_path(tmp_path: Pat
     assert str(db) in str(err.value)
 
 
+@session_loop
 async def test_missing_registry_with_create_false_makes_startup_fail(tmp_path: Path) -> None:
     db = tmp_path / "absent" / "registry.db"
     app = create_app(
@@ -168,6 +171,7 @@ async def test_missing_registry_with_create_false_makes_startup_fail(tmp_path: P
 
 
 @pytest.mark.slow
+@session_loop
 async def test_whole_app_restart_keeps_targets(tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path)
     body = {"name": "Zorblax Quintavenue", "aliases": ["Zorblax"], "intervention": "refuse"}

@@ -1,0 +1,95 @@
+"""The running batch's KV cache: rows join (left-padded to a common length) and leave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+Legacy = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer: ([B, H, T, D], [B, H, T, D])
+
+
+def _cache(layers: Legacy) -> Any:
+    return DynamicCache.from_legacy_cache(layers)  # type: ignore[arg-type]
+
+
+def _legacy(cache: Any) -> Legacy:
+    return tuple((layer.keys, layer.values) for layer in cache.layers)
+
+
+def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
+    """Left-pad the time axis (dim 2) of `[B, H, T, D]` with zeros up to `length`."""
+    extra = length - t.shape[2]
+    return t if extra == 0 else F.pad(t, (0, 0, extra, 0))
+
+
+class KVBatch:
+    """KV cache and attention mask of the rows being decoded together.
+
+    Rows are left-padded to a common length; padding positions are masked out, and each row
+    keeps its own position ids, so a row computes what it would compute alone.
+    """
+
+    def __init__(self) -> None:
+        self.cache: Any = None  # DynamicCache over [B, H, T, D]
+        self.mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = padding
+
+    @property
+    def size(self) -> int:
+        """Rows in the batch."""
+        return 0 if self.mask is None else int(self.mask.shape[0])
+
+    @property
+    def length(self) -> int:
+        """Common time length T."""
+        return 0 if self.mask is None else int(self.mask.shape[1])
+
+    def join(self, cache: Any, mask: torch.Tensor) -> None:
+        """Append rows (their own cache `[n, H, T', D]` and mask `[n, T']`) to the batch."""
+        if self.cache is None or self.mask is None:
+            self.cache, self.mask = cache, mask
+            return
+        length = max(self.length, int(mask.shape[1]))
+        mine, theirs = _legacy(self.cache), _legacy(cache)
+        merged = tuple(
+            (
+                torch.cat([_pad_left(k1, length), _pad_left(k2, length)], dim=0),
+                torch.cat([_pad_left(v1, length), _pad_left(v2, length)], dim=0),
+            )
+            for (k1, v1), (k2, v2) in zip(mine, theirs, strict=True)
+        )
+        self.cache = _cache(merged)
+        self.mask = torch.cat(
+            [
+                F.pad(self.mask, (length - self.length, 0)),
+                F.pad(mask, (length - int(mask.shape[1]), 0)),
+            ],
+            dim=0,
+        )
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only the given rows (in that order); drop columns that are padding for all."""
+        if self.cache is None or self.mask is None:
+            return
+        if not rows:
+            self.cache, self.mask = None, None
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        real = mask.any(dim=0).nonzero()
+        start = int(real[0].item()) if len(real) else 0
+        self.cache = _cache(
+            tuple(
+                (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                for k, v in _legacy(self.cache)
+            )
+        )
+        self.mask = mask[:, start:].contiguous()
+
+    def extend_mask(self) -> torch.Tensor:
+        """The mask for one more decoded token per row (`[B, T + 1]`), stored and returned."""
+        assert self.mask is not None
+        self.mask = F.pad(self.mask, (0, 1), value=1)
+        return self.mask
