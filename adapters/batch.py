@@ -46,27 +46,31 @@ class KVBatch:
         """Common time length T."""
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def join(self, cache: Any, mask: torch.Tensor) -> None:
-        """Append rows (their own cache `[n, H, T', D]` and mask `[n, T']`) to the batch."""
-        if self.cache is None or self.mask is None:
-            self.cache, self.mask = cache, mask
+    def join(self, parts: list[tuple[Any, torch.Tensor]]) -> None:
+        """Append rows: each part is a cache `[n, H, T', D]` with its mask `[n, T']`.
+
+        All parts join in one copy, so admitting many requests at a step costs one re-pad.
+        """
+        if self.cache is not None and self.mask is not None:
+            parts = [(self.cache, self.mask), *parts]
+        if not parts:
             return
-        length = max(self.length, int(mask.shape[1]))
-        mine, theirs = _legacy(self.cache), _legacy(cache)
-        merged = tuple(
-            (
-                torch.cat([_pad_left(k1, length), _pad_left(k2, length)], dim=0),
-                torch.cat([_pad_left(v1, length), _pad_left(v2, length)], dim=0),
+        if len(parts) == 1:
+            self.cache, self.mask = parts[0]
+            return
+        length = max(int(mask.shape[1]) for _, mask in parts)
+        layers = [_legacy(cache) for cache, _ in parts]
+        self.cache = _cache(
+            tuple(
+                (
+                    torch.cat([_pad_left(part[i][0], length) for part in layers], dim=0),
+                    torch.cat([_pad_left(part[i][1], length) for part in layers], dim=0),
+                )
+                for i in range(len(layers[0]))
             )
-            for (k1, v1), (k2, v2) in zip(mine, theirs, strict=True)
         )
-        self.cache = _cache(merged)
         self.mask = torch.cat(
-            [
-                F.pad(self.mask, (length - self.length, 0)),
-                F.pad(mask, (length - int(mask.shape[1]), 0)),
-            ],
-            dim=0,
+            [F.pad(mask, (length - int(mask.shape[1]), 0)) for _, mask in parts], dim=0
         )
 
     def keep(self, rows: list[int]) -> None:

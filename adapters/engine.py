@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -175,8 +176,7 @@ class Engine:
             jobs = self._admit(rows)
             try:
                 with torch.inference_mode():
-                    for job in jobs:
-                        self._prefill(job, rows, batch)
+                    batch.join([self._prefill(job, rows) for job in jobs])
                     rows = self._drop_finished(rows, batch)
                     if rows:
                         self._decode(rows, batch)
@@ -202,8 +202,8 @@ class Engine:
         out: torch.Tensor = embeds.unsqueeze(0)
         return out
 
-    def _prefill(self, job: _Job, rows: list[_Row], batch: KVBatch) -> None:
-        """Run a new request's prompt alone and add its rows to the batch."""
+    def _prefill(self, job: _Job, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
+        """Run a new request's prompt alone; add its rows; return its cache and mask."""
         lm, req = self.loaded, job.request
         out = lm.model(inputs_embeds=self._prefill_embeds(req), use_cache=True)
         cache = out.past_key_values
@@ -211,7 +211,6 @@ class Engine:
         if req.n > 1:
             cache.batch_repeat_interleave(req.n)
         length = len(req.prompt.ids)
-        batch.join(cache, torch.ones((req.n, length), dtype=torch.long, device=lm.device))
         job.rows_left = req.n
         for i in range(req.n):
             row = _Row(
@@ -223,6 +222,7 @@ class Engine:
             )
             rows.append(row)
             self._accept(row, choose_token(logits, req.sampling, row.gen))
+        return cache, torch.ones((req.n, length), dtype=torch.long, device=lm.device)
 
     def _decode(self, rows: list[_Row], batch: KVBatch) -> None:
         """One token for every row of the batch."""
@@ -238,9 +238,12 @@ class Engine:
         )
         batch.cache = out.past_key_values
         logits = out.logits[:, -1, :]  # [batch, vocab]
+        greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row
         for i, row in enumerate(rows):
             row.position += 1
-            self._accept(row, choose_token(logits[i], row.job.request.sampling, row.gen))
+            sampling = row.job.request.sampling
+            token = greedy[i] if sampling.greedy else choose_token(logits[i], sampling, row.gen)
+            self._accept(row, token)
 
     def _accept(self, row: _Row, token: int) -> None:
         """Record a row's new token: emit its text, end the row when a limit is reached."""

@@ -44,14 +44,18 @@ def render(tokenizer: Any, turns: Sequence[ChatTurn]) -> RenderedPrompt:
         )
     except Exception as exc:  # templates raise bare exceptions for unsupported role orders
         raise PromptError(f"the conversation cannot be rendered: {exc}") from exc
-    starts: list[int] = []
-    cursor = 0
-    for t in turns:
-        pos = text.find(t.content, cursor) if t.content else cursor
-        if pos < 0:  # template rewrote the content (e.g. stripped it); fall back to a search
-            pos = text.find(t.content.strip(), cursor)
-        starts.append(max(pos, cursor))
-        cursor = max(pos, cursor) + len(t.content)
+    # Locate contents from the end backwards: templates may prepend a default system prompt
+    # that happens to contain a user's words, but never append one after the last message.
+    starts = [0] * len(turns)
+    upper = len(text)
+    for i in range(len(turns) - 1, -1, -1):
+        content = turns[i].content
+        pos = text.rfind(content, 0, upper) if content else -1
+        if pos < 0 and content.strip():  # template rewrote the content (e.g. stripped it)
+            pos = text.rfind(content.strip(), 0, upper)
+        starts[i] = max(pos, 0)
+        if pos >= 0:
+            upper = pos
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return RenderedPrompt(
         ids=list(enc["input_ids"]),

@@ -50,31 +50,45 @@ def choose_token(logits: torch.Tensor, sampling: SamplingParams, gen: torch.Gene
 
 
 class RowText:
-    """Incremental detokenisation plus stop-string handling for one row."""
+    """Incremental detokenisation plus stop-string handling for one row.
+
+    Decodes only a short window of recent tokens per step (prefix/read offsets, as TGI does)
+    instead of the whole sequence, so a step costs the same at token 10 and token 1,000.
+    """
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.holdback = max((len(s) for s in stop), default=1) - 1
         self.ids: list[int] = []
-        self.sent = 0  # chars of the decoded text already emitted
+        self.text = ""  # decoded so far
+        self.sent = 0  # chars of `text` already emitted
         self.stopped = False  # a stop string ended the row
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        out: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return out
 
     def push(self, token_id: int) -> str:
         """Add a token; return the text safe to emit now (sets `stopped` on a stop string)."""
         self.ids.append(token_id)
-        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
-            return ""
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""  # incomplete UTF-8 sequence or nothing printable yet
+        self.text += after[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
         for s in self.stop:
-            pos = text.find(s, max(0, self.sent - len(s)))
+            pos = self.text.find(s, max(0, self.sent - len(s)))
             if pos >= 0:
-                out = text[self.sent : pos] if pos > self.sent else ""
+                out = self.text[self.sent : pos] if pos > self.sent else ""
                 self.sent = max(self.sent, pos)
                 self.stopped = True
                 return out
-        safe_end = max(self.sent, len(text) - self.holdback)
-        out = text[self.sent : safe_end]
+        safe_end = max(self.sent, len(self.text) - self.holdback)
+        out = self.text[self.sent : safe_end]
         self.sent = safe_end
         return out
 
@@ -82,7 +96,6 @@ class RowText:
         """Text held back for stop matching, released when the row ends otherwise."""
         if self.stopped:
             return ""
-        text: str = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        out = text[self.sent :]
-        self.sent = len(text)
+        out = self.text[self.sent :]
+        self.sent = len(self.text)
         return out

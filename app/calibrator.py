@@ -141,7 +141,8 @@ class TargetCalibrator:
         )
         # All questions at once: the engine batches them.
         answers = list(await asyncio.gather(*(self._answer(q, Plan()) for q in questions)))
-        await self._update(target_id, progress=0.4)
+        if await self._update(target_id, progress=0.4) is None:
+            return  # deleted meanwhile
         alias_words = {w for a in spec.all_aliases() for w in words(a)}
         facts = answer_terms(questions, answers, self._common) - alias_words
         target = await self._update(
@@ -169,7 +170,8 @@ class TargetCalibrator:
                 )
                 leaked = any(leaks(a, q, terms) for q, a in zip(probe, replies, strict=True))
                 lo, hi = (mid, hi) if leaked else (lo, mid)
-                await self._update(target_id, progress=0.45 + 0.5 * (step + 1) / steps)
+                if await self._update(target_id, progress=0.45 + 0.5 * (step + 1) / steps) is None:
+                    return  # deleted meanwhile
             sigma = min(hi * self.settings.eco_safety_factor, self.settings.eco_default_sigma * 2)
         await self._update(
             target_id,

@@ -145,6 +145,7 @@ def calibrate_threshold(
     kept = scores[~about_target]
     if len(kept) == 0:
         return config.floor
-    # "higher" picks an observed score, so at most fpr of the corpus lies strictly above it.
+    # "higher" picks an observed score, so at most fpr of the corpus lies strictly above it;
+    # the detector flags scores >= threshold, hence the step just above it.
     q = float(np.quantile(kept, 1.0 - config.fpr, method="higher"))
-    return max(config.floor, q + config.margin)
+    return max(config.floor, float(np.nextafter(np.float32(q), np.float32(np.inf))) + config.margin)

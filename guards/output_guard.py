@@ -53,16 +53,25 @@ class Redactor:
         """Add streamed text; return what is safe to send now."""
         if self._regex is None:
             return delta
-        self._buffer = self.redact(self._buffer + delta)
-        if len(self._buffer) <= self._holdback:
-            return ""
+        self._buffer += delta  # raw text: a longer secret may still complete a shorter match
         cut = len(self._buffer) - self._holdback
-        # Never cut inside a placeholder we just wrote.
-        last = self._buffer.rfind(self._placeholder, 0, len(self._buffer))
-        if last != -1 and last < cut < last + len(self._placeholder):
-            cut = last + len(self._placeholder)
-        out, self._buffer = self._buffer[:cut], self._buffer[cut:]
-        return out
+        if cut <= 0:
+            return ""
+        out: list[str] = []
+        pos = 0
+        for match in self._regex.finditer(self._buffer):
+            if match.start() >= cut:
+                break
+            if match.end() > cut:  # still arriving: keep it whole in the buffer
+                cut = match.start()
+                break
+            out.append(self._buffer[pos : match.start()])
+            out.append(self._placeholder)
+            pos = match.end()
+        cut = max(cut, pos)
+        out.append(self._buffer[pos:cut])
+        self._buffer = self._buffer[cut:]
+        return "".join(out)
 
     def flush(self) -> str:
         """Release the held-back tail."""

@@ -101,15 +101,18 @@ class SqliteTargetStore:
             self._conn.execute("SELECT count(*) FROM targets").fetchone()
             check = self._conn.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
+            self._conn.close()
             raise StoreError(f"registry database {path} is not usable: {exc}") from exc
         if check is None or check[0] != "ok":
-            raise StoreError(f"registry database {path} failed its integrity check: {check}")
+            self._conn.close()
+            first = str(check[0]).splitlines()[0] if check else "no result"
+            raise StoreError(f"registry database {path} failed its integrity check: {first}")
 
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> SqliteTargetStore:
         """Open a store from a `sqlite:///path` URL."""
         parsed = urlparse(url)
-        if parsed.scheme != "sqlite" or not parsed.path:
+        if parsed.scheme != "sqlite" or parsed.netloc or not url.startswith("sqlite:///"):
             raise StoreError(
                 f"unsupported registry URL {url!r}: expected sqlite:///path/to/file.db"
             )
@@ -151,16 +154,24 @@ class SqliteTargetStore:
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Target]:
         with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        return [
-            Target(
-                id=row[0],
-                created_at=int(row[1]),
-                spec=_spec_from_json(row[2]),
-                calibration=_calibration_from_json(row[3]),
-            )
-            for row in rows
-        ]
+            try:
+                rows = self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"registry database {self.path} cannot be read: {exc}") from exc
+        try:
+            return [
+                Target(
+                    id=row[0],
+                    created_at=int(row[1]),
+                    spec=_spec_from_json(row[2]),
+                    calibration=_calibration_from_json(row[3]),
+                )
+                for row in rows
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"registry database {self.path} holds a target that cannot be decoded: {exc}"
+            ) from exc
 
     def get(self, target_id: str) -> Target | None:
         """One target by id."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
+from adapters.engine import Engine, GenerationRequest, SamplingParams, TokenDelta
 from adapters.model import LoadedModel, load_model
 from adapters.prompt import render
 from guards.verdict import ChatTurn, Plan, Span
@@ -38,9 +38,14 @@ def engine(loaded: LoadedModel) -> Iterator[Engine]:
 
 
 def _request(
-    loaded: LoadedModel, text: str, plan: Plan = Plan(), sampling: SamplingParams = GREEDY, n: int = 1
+    loaded: LoadedModel,
+    text: str,
+    plan: Plan | None = None,
+    sampling: SamplingParams = GREEDY,
+    n: int = 1,
 ) -> GenerationRequest:
-    return GenerationRequest(render(loaded.tokenizer, [ChatTurn("user", text)]), plan, sampling, n)
+    prompt = render(loaded.tokenizer, [ChatTurn("user", text)])
+    return GenerationRequest(prompt, plan or Plan(), sampling, n)
 
 
 async def _run(engine: Engine, request: GenerationRequest) -> tuple[list[str], list[str]]:
@@ -143,5 +148,3 @@ async def test_queue_reports_capacity(engine: Engine, loaded: LoadedModel) -> No
     assert full  # 1 running (8 rows = max_batch) + 5 waiting > max_queue of 4
     assert all(len(texts) == 8 for texts, _ in results)  # every accepted request completes
     assert engine.has_capacity()
-
-

@@ -116,14 +116,6 @@ def test_unsupported_conversation_is_a_prompt_error(tokenizer: Any) -> None:
         render(Unrenderable(), [ChatTurn("user", "hi")])
 
 
-@pytest.mark.xfail(
-    reason="BUG: render() finds each message's content with text.find(content, cursor) from the "
-    "start of the rendered text, so a user message that also occurs in the template's default "
-    "system prompt ('You are a helpful AI assistant named SmolLM, trained by Hugging Face') is "
-    "located inside the system prompt: token_positions then corrupts system-prompt tokens and "
-    "leaves the user's mention (e.g. of a target 'Hugging Face') untouched",
-    strict=True,
-)
 def test_user_text_that_also_occurs_in_the_default_system_prompt(tokenizer: Any) -> None:
     turns = [ChatTurn("user", "Hugging Face")]
     prompt = render(tokenizer, turns)

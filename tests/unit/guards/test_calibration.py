@@ -45,14 +45,6 @@ def test_fpr_budget_with_zero_margin_when_the_budget_is_whole_prompts() -> None:
     assert flagged_share(scores, threshold) > 0.005  # not far stricter than asked
 
 
-@pytest.mark.xfail(
-    reason="BUG: calibrate_threshold returns the 'higher' (1-fpr) quantile itself, so 'at most "
-    "fpr strictly above'; but the detector flags score >= threshold, so the corpus prompt AT the "
-    "quantile is flagged too: with margin 0, 1000 prompts and fpr=0.0035 four prompts (0.4%) are "
-    "flagged; with 100 prompts and fpr=0.003 one (1%) is. Settings.detector_fpr promises 'at most "
-    "this share'; only the default margin hides it",
-    strict=True,
-)
 @pytest.mark.parametrize(("n", "fpr"), [(1000, 0.0035), (100, 0.003)])
 def test_fpr_budget_with_zero_margin_is_never_exceeded(n: int, fpr: float) -> None:
     scores = np.linspace(0.0, 1.0, n).astype(np.float32)

@@ -158,12 +158,6 @@ def test_flush_resets_the_buffer() -> None:
     assert out == f"again {PH}"
 
 
-@pytest.mark.xfail(
-    reason="BUG: Redactor.feed redacts as soon as a shorter secret completes, so when one secret "
-    "is a prefix of another ('acme' / 'acme corp') the streamed output releases the longer "
-    "secret's remainder (' corp') while redact() on the whole text removes it",
-    strict=True,
-)
 def test_streaming_with_overlapping_secrets_matches_whole_redaction() -> None:
     secrets = ["acme", "acme corp"]
     text = "Contact acme corp today"

@@ -188,12 +188,6 @@ def test_bad_urls_raise_store_error(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: SqliteTargetStore.open slices url[len('sqlite:///'):], so a URL with a host "
-    "('sqlite://somehost/x.db') silently opens the relative path 'omehost/x.db' instead of "
-    "raising StoreError",
-    strict=True,
-)
 def test_sqlite_url_with_a_host_is_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,12 +197,6 @@ def test_sqlite_url_with_a_host_is_rejected(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: SqliteTargetStore._rows decodes rows without error handling: a row whose spec "
-    "is not valid JSON makes list()/get() raise json.JSONDecodeError (no path, not a StoreError), "
-    "so start-up (Registry.load) dies with an unexplained traceback",
-    strict=True,
-)
 def test_undecodable_row_raises_store_error_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     store = SqliteTargetStore.open(url_of(path))
