@@ -21,5 +21,6 @@ async def health(services: ServicesDep) -> dict[str, Any]:
         "targets": len(services.registry),
         "index_vectors": len(services.registry.index),
         "queue_depth": services.engine.queue_depth,
+        "batch_size": services.engine.batch_size,
         "uptime_s": round(time.time() - services.started_at, 1),
     }
