@@ -136,6 +136,41 @@ def generate_batch(
     return seconds, count
 
 
+async def overload(base: str, tokens: int, requests: int = 200) -> dict[str, Any]:
+    """`requests` chats at once against a queue of 32: only 200s and 429s, health stays fast."""
+    async with httpx.AsyncClient(
+        base_url=base, timeout=600, limits=httpx.Limits(max_connections=requests + 10)
+    ) as client:
+
+        async def one(text: str) -> int:
+            r = await client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL_ID,
+                    "messages": [{"role": "user", "content": text}],
+                    "max_tokens": tokens,
+                    "temperature": 0,
+                },
+            )
+            return r.status_code
+
+        tasks = [asyncio.ensure_future(one(t)) for t in prompts(requests)]
+        await asyncio.sleep(1.0)
+        start = time.perf_counter()
+        health = await client.get("/health")
+        health_s = time.perf_counter() - start
+        statuses = await asyncio.gather(*tasks)
+    counts: dict[str, int] = {}
+    for code in statuses:
+        counts[str(code)] = counts.get(str(code), 0) + 1
+    return {
+        "requests": requests,
+        "statuses": counts,
+        "health_s": health_s,
+        "health_status": health.status_code,
+    }
+
+
 def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
     for _ in range(600):
         if proc.poll() is not None:
@@ -164,7 +199,7 @@ def main() -> int:
         "LETHE_ADMIN_TOKEN": "bench",
         "LETHE_DATA_DIR": str(data),
         "LETHE_MAX_BATCH": str(max(args.concurrency)),
-        "LETHE_MAX_QUEUE": "256",
+        "LETHE_MAX_QUEUE": "32",
         "LETHE_LOG_LEVEL": "WARNING",
         "HF_HUB_OFFLINE": "1",
     }
@@ -239,6 +274,7 @@ def main() -> int:
             "eco_s_per_token": eco_s / eco_tok,
             "ratio": (eco_s / eco_tok) / (plain_s / plain_tok),
         }
+        results["overload"] = asyncio.run(overload(base, args.tokens))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -262,6 +298,10 @@ def main() -> int:
         f"ratio {o['ratio']:.3f}.",
         f"ECO-flagged vs unflagged (concurrency {e['concurrency']}, same prompts), time per "
         f"token: ratio {e['ratio']:.3f}.",
+        f"Overload: {results['overload']['requests']} concurrent requests, queue 32: statuses "
+        f"{results['overload']['statuses']}; /health answered "
+        f"{results['overload']['health_status']} in {results['overload']['health_s']:.2f} s "
+        "under that load.",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:

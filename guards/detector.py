@@ -60,6 +60,27 @@ class Detector:
                 hits[target.id] = spans
         return hits
 
+    def _matches(self, evidence: dict[str, _Evidence]) -> list[Match]:
+        """Matches for live targets, strongest first."""
+        matches: list[Match] = []
+        for target_id, ev in evidence.items():
+            target = self.registry.get(target_id)
+            if target is None:  # deleted while we looked
+                continue
+            matches.append(
+                Match(
+                    target_id=target_id,
+                    name=target.spec.name,
+                    score=round(ev.score, 4),
+                    spans=tuple(sorted(set(ev.spans), key=lambda s: (s.message, s.start))),
+                    source=ev.source,
+                    intervention=target.spec.intervention,
+                    eco_sigma=target.calibration.eco_sigma,
+                )
+            )
+        matches.sort(key=lambda m: -m.score)
+        return matches
+
     def inspect(self, turns: Sequence[ChatTurn]) -> Verdict:
         """The verdict for a conversation (all roles, earlier turns included)."""
         if len(self.registry) == 0:
@@ -106,23 +127,7 @@ class Detector:
                     ev.score = score
                 ev.spans.append(Span(mi, window.start, window.end))
 
-        matches: list[Match] = []
-        for target_id, ev in evidence.items():
-            target = self.registry.get(target_id)
-            if target is None:
-                continue
-            matches.append(
-                Match(
-                    target_id=target_id,
-                    name=target.spec.name,
-                    score=round(ev.score, 4),
-                    spans=tuple(sorted(set(ev.spans), key=lambda s: (s.message, s.start))),
-                    source=ev.source,
-                    intervention=target.spec.intervention,
-                    eco_sigma=target.calibration.eco_sigma,
-                )
-            )
-        matches.sort(key=lambda m: -m.score)
+        matches = self._matches(evidence)
         if matches:
             logger.info(
                 "flagged: %s",
@@ -139,25 +144,11 @@ class Detector:
         """
         if len(self.registry) == 0 or not answer:
             return Verdict()
-        by_target: dict[str, list[Span]] = {}
+        evidence: dict[str, _Evidence] = {}
         for mention in self.registry.aliases.find(answer):
-            by_target.setdefault(mention.target_id, []).append(Span(0, mention.start, mention.end))
-        matches = []
-        for target_id, spans in by_target.items():
-            target = self.registry.get(target_id)
-            if target is None:
-                continue
-            matches.append(
-                Match(
-                    target_id=target_id,
-                    name=target.spec.name,
-                    score=1.0,
-                    spans=tuple(spans),
-                    source="answer",
-                    intervention=target.spec.intervention,
-                    eco_sigma=target.calibration.eco_sigma,
-                )
-            )
+            ev = evidence.setdefault(mention.target_id, _Evidence(1.0, source="answer"))
+            ev.spans.append(Span(0, mention.start, mention.end))
+        matches = self._matches(evidence)
         if matches:
             logger.info("answer audit flagged: %s", ", ".join(m.target_id for m in matches))
         return Verdict(matches=tuple(matches))

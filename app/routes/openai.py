@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from app.deps import ServicesDep
+from app.errors import NotFound
 from app.schemas.openai import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -37,8 +38,6 @@ async def list_models(services: ServicesDep) -> ModelList:
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, services: ServicesDep) -> ModelCard:
     """One model by id."""
-    from app.errors import NotFound
-
     if model_id != services.chat.model_name:
         raise NotFound(f"model {model_id!r} does not exist", param="model", code="model_not_found")
     return ModelCard(id=model_id, created=int(services.started_at))
