@@ -77,9 +77,35 @@ class _Job:
     events: asyncio.Queue[Event]
     cancelled: threading.Event = field(default_factory=threading.Event)
     rows_left: int = 0
+    outbox: list[Event] = field(default_factory=list)  # this step's events, not yet delivered
 
     def emit(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.outbox.append(event)
+
+
+def _deliver(batches: list[tuple[_Job, list[Event]]]) -> None:
+    """Runs on the event loop: hand one step's events to their requests."""
+    for job, events in batches:
+        for event in events:
+            job.events.put_nowait(event)
+
+
+def _flush(jobs: list[_Job]) -> None:
+    """Deliver every job's pending events with one wake-up per event loop per step.
+
+    A wake-up per token would make the event loop compete with the model for the GIL
+    dozens of times per step.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, list[Event]]]] = {}
+    for job in jobs:
+        if job.outbox:
+            by_loop.setdefault(job.loop, []).append((job, job.outbox))
+            job.outbox = []
+    for loop, batches in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, batches)
+        except RuntimeError:  # that loop is closed: its requests are gone
+            pass
 
 
 @dataclass
@@ -174,6 +200,7 @@ class Engine:
         batch = KVBatch()
         while self._running:
             jobs = self._admit(rows)
+            touched = list({id(j): j for j in [*(r.job for r in rows), *jobs]}.values())
             try:
                 with torch.inference_mode():
                     batch.join([self._prefill(job, rows) for job in jobs])
@@ -187,6 +214,7 @@ class Engine:
                 for job in affected.values():
                     job.emit(exc)
                 rows, batch = [], KVBatch()
+            _flush(touched)
             self._active_rows = len(rows)
 
     def _prefill_embeds(self, request: GenerationRequest) -> torch.Tensor:

@@ -136,6 +136,18 @@ def generate_batch(
     return seconds, count
 
 
+def register(base: str, body: dict[str, Any]) -> None:
+    """Register a target and wait for its background calibration, which shares the engine."""
+    headers = {"Authorization": "Bearer bench"}
+    r = httpx.post(f"{base}/admin/targets", headers=headers, json=body, timeout=60)
+    r.raise_for_status()
+    for _ in range(600):
+        target = httpx.get(f"{base}/admin/targets/{r.json()['id']}", headers=headers, timeout=30)
+        if target.json()["calibration"]["state"] in ("done", "failed"):
+            return
+        time.sleep(1)
+
+
 async def overload(base: str, tokens: int, requests: int = 200) -> dict[str, Any]:
     """`requests` chats at once against a queue of 32: only 200s and 429s, health stays fast."""
     async with httpx.AsyncClient(
@@ -189,6 +201,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per figure")
     args = parser.parse_args()
 
     port = free_port()
@@ -223,12 +236,17 @@ def main() -> int:
 
         for c in args.concurrency:
             texts = prompts(c)
-            http_s, http_tok = asyncio.run(http_batch(base, texts, args.tokens))
-            gen_s, gen_tok = generate_batch(model, tok, texts, args.tokens, stop)
+            # Alternate the two sides and keep each side's best round: the machine is noisy.
+            http_rates, gen_rates = [], []
+            for _ in range(args.rounds):
+                http_s, http_tok = asyncio.run(http_batch(base, texts, args.tokens))
+                http_rates.append(http_tok / http_s)
+                gen_s, gen_tok = generate_batch(model, tok, texts, args.tokens, stop)
+                gen_rates.append(gen_tok / gen_s)
             row = {
                 "concurrency": c,
-                "http_tok_s": http_tok / http_s,
-                "generate_tok_s": gen_tok / gen_s,
+                "http_tok_s": max(http_rates),
+                "generate_tok_s": max(gen_rates),
             }
             row["ratio"] = row["http_tok_s"] / row["generate_tok_s"]
             results["throughput"].append(row)
@@ -236,7 +254,7 @@ def main() -> int:
 
         single = prompts(1)
         http_times, gen_times = [], []
-        for _ in range(3):
+        for _ in range(args.rounds + 2):
             s, n_http = asyncio.run(http_batch(base, single, args.tokens))
             http_times.append(s / max(n_http, 1))
             s, n_gen = generate_batch(model, tok, single, args.tokens, stop)
@@ -249,30 +267,19 @@ def main() -> int:
 
         c = 16 if 16 in args.concurrency else args.concurrency[-1]
         flagged = prompts(c, flagged=True)
-        plain_s, plain_tok = asyncio.run(http_batch(base, flagged, args.tokens))
-        r = httpx.post(
-            f"{base}/admin/targets",
-            headers={"Authorization": "Bearer bench"},
-            json={"name": MARKER, "aliases": ["Zorblax"], "intervention": "eco"},
-            timeout=60,
-        )
-        r.raise_for_status()
-        # Let the background calibration finish: it shares the engine with the measurement.
-        for _ in range(600):
-            state = httpx.get(
-                f"{base}/admin/targets/{r.json()['id']}",
-                headers={"Authorization": "Bearer bench"},
-                timeout=30,
-            ).json()["calibration"]["state"]
-            if state in ("done", "failed"):
-                break
-            time.sleep(1)
-        eco_s, eco_tok = asyncio.run(http_batch(base, flagged, args.tokens))
+        # An unrelated target first, so the detector does the same work in both phases and
+        # the ratio isolates the intervention.
+        register(base, {"name": "Quentin Marbleworth", "aliases": ["Marbleworth"]})
+        plain = [asyncio.run(http_batch(base, flagged, args.tokens)) for _ in range(args.rounds)]
+        register(base, {"name": MARKER, "aliases": ["Zorblax"], "intervention": "eco"})
+        eco = [asyncio.run(http_batch(base, flagged, args.tokens)) for _ in range(args.rounds)]
+        plain_spt = min(s / n for s, n in plain)
+        eco_spt = min(s / n for s, n in eco)
         results["intervention"] = {
             "concurrency": c,
-            "unflagged_s_per_token": plain_s / plain_tok,
-            "eco_s_per_token": eco_s / eco_tok,
-            "ratio": (eco_s / eco_tok) / (plain_s / plain_tok),
+            "unflagged_s_per_token": plain_spt,
+            "eco_s_per_token": eco_spt,
+            "ratio": eco_spt / plain_spt,
         }
         results["overload"] = asyncio.run(overload(base, args.tokens))
     finally:
