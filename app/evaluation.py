@@ -19,19 +19,21 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from app.evaluation_report import (
     BenignResult,
+    ProbeResult,
+    RunInfo,
+    SampleResult,
+    format_report,
+    summarize,
+    write_json,
+)
+from app.probes import (
     EvalTarget,
     Message,
     Probe,
     ProbeFileError,
-    ProbeResult,
     ProbeSet,
-    RunInfo,
-    SampleResult,
-    format_report,
     leaked_keywords,
     load_probe_file,
-    summarize,
-    write_json,
 )
 
 __all__ = ["EvalError", "add_eval_arguments", "leaked_keywords", "load_probe_file", "run_eval"]

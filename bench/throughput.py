@@ -80,6 +80,16 @@ def prompts(n: int, flagged: bool = False) -> list[str]:
     return out
 
 
+def chat_body(text: str, tokens: int) -> dict[str, Any]:
+    """A greedy one-turn chat request."""
+    return {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,15 +101,7 @@ async def http_batch(base: str, texts: list[str], tokens: int) -> tuple[float, i
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
 
         async def one(text: str) -> int:
-            r = await client.post(
-                "/v1/chat/completions",
-                json={
-                    "model": MODEL_ID,
-                    "messages": [{"role": "user", "content": text}],
-                    "max_tokens": tokens,
-                    "temperature": 0,
-                },
-            )
+            r = await client.post("/v1/chat/completions", json=chat_body(text, tokens))
             r.raise_for_status()
             return int(r.json()["usage"]["completion_tokens"])
 
@@ -155,15 +157,7 @@ async def overload(base: str, tokens: int, requests: int = 200) -> dict[str, Any
     ) as client:
 
         async def one(text: str) -> int:
-            r = await client.post(
-                "/v1/chat/completions",
-                json={
-                    "model": MODEL_ID,
-                    "messages": [{"role": "user", "content": text}],
-                    "max_tokens": tokens,
-                    "temperature": 0,
-                },
-            )
+            r = await client.post("/v1/chat/completions", json=chat_body(text, tokens))
             return r.status_code
 
         tasks = [asyncio.ensure_future(one(t)) for t in prompts(requests)]

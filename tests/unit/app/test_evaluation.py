@@ -15,18 +15,16 @@ import pytest
 from app.evaluation import _parallel, add_eval_arguments, run_eval
 from app.evaluation_report import (
     BenignResult,
-    ProbeFileError,
     ProbeResult,
     Rate,
     RunInfo,
     SampleResult,
     format_report,
-    leaked_keywords,
-    load_probe_file,
     report_dict,
     summarize,
     write_json,
 )
+from app.probes import ProbeFileError, leaked_keywords, load_probe_file
 
 DEV_FILE = Path(__file__).resolve().parents[4] / "shared" / "eval" / "dev_targets.json"
 PRIVATE_REDACT = [
