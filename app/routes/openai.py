@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import ServicesDep
@@ -10,21 +14,41 @@ from app.errors import NotFound
 from app.schemas.openai import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, logs do
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Await `work`, cancelling it (and so freeing its rows) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, services: ServicesDep
-) -> ChatCompletion | StreamingResponse:
+    body: ChatCompletionRequest, services: ServicesDep, request: Request
+) -> ChatCompletion | StreamingResponse | Response:
     """Create a chat completion, streamed as SSE when `stream` is true."""
     chat = await services.chat.prepare(body)
     if chat.stream:
+        # Starlette stops iterating a stream whose client left, which cancels its rows.
         return StreamingResponse(
             services.chat.stream(chat),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await services.chat.complete(chat)
+    completion = await _unless_disconnected(request, services.chat.complete(chat))
+    return completion if completion is not None else Response(status_code=CLIENT_CLOSED)
 
 
 @router.get("/models")

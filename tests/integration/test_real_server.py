@@ -114,3 +114,16 @@ async def test_disconnected_stream_frees_its_row(server: str) -> None:
                 break
             await asyncio.sleep(0.1)
         assert busy == 0
+
+
+async def test_disconnected_plain_request_frees_its_row(server: str) -> None:
+    async with httpx.AsyncClient(base_url=server, timeout=300) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=_body(2000), timeout=1.5)
+        busy = None
+        for _ in range(100):
+            busy = (await client.get("/health")).json()["batch_size"]
+            if busy == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert busy == 0
