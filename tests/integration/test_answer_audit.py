@@ -1,0 +1,48 @@
+"""The answer audit: a prompt the detector does not flag, whose bare answer names a target,
+is answered with the intervention instead, streamed or not."""
+
+from __future__ import annotations
+
+import pytest
+from _support import ADMIN, MODEL_ID, Gateway
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+INDIRECT = "What are the glowing laser swords in the famous 1977 space opera called?"
+TARGET = {"name": "Star Wars", "aliases": ["Star Wars"], "intervention": "eco"}
+
+
+async def _answer(gw: Gateway, stream: bool) -> str:
+    kwargs = {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": INDIRECT}],
+        "temperature": 0,
+        "max_tokens": 32,
+    }
+    if not stream:
+        resp = await gw.client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        return str(resp.choices[0].message.content)
+    chunks = await gw.client.chat.completions.create(stream=True, **kwargs)  # type: ignore[call-overload]
+    return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+
+
+async def test_answer_naming_a_target_is_regenerated_with_the_intervention(
+    gateway: Gateway,
+) -> None:
+    bare = await _answer(gateway, stream=False)
+    assert "star wars" in bare.casefold()  # precondition: the bare model names it
+    created = await gateway.http.post("/admin/targets", json=TARGET, headers=ADMIN)
+    assert created.status_code == 201
+    target_id = created.json()["id"]
+    try:
+        verdict = await gateway.http.post(
+            "/admin/classify", json={"text": INDIRECT}, headers=ADMIN
+        )
+        assert verdict.json()["flagged"] is False  # only the answer shows the target
+        for stream in (False, True):
+            answer = await _answer(gateway, stream=stream)
+            assert "star wars" not in answer.casefold()
+            assert answer != bare
+    finally:
+        await gateway.http.delete(f"/admin/targets/{target_id}", headers=ADMIN)
+    assert await _answer(gateway, stream=False) == bare
