@@ -50,6 +50,11 @@ class PreparedChat:
     redact: tuple[str, ...]
 
 
+def describe(verdict: Verdict) -> str:
+    """Log form of a verdict: target ids, sources and scores (no text)."""
+    return ", ".join(f"{m.target_id}:{m.source}:{m.score:.2f}" for m in verdict.matches)
+
+
 def to_turns(request: ChatCompletionRequest) -> list[ChatTurn]:
     """Conversation turns; `developer` is treated as `system`."""
     turns = []
@@ -149,12 +154,14 @@ class ChatService:
         verdict: Verdict = await anyio.to_thread.run_sync(self.detector.inspect, turns)
         plan = Plan.from_verdict(verdict, noise_seed=noise_seed(turns))
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        # Ids, scores and the action only: never prompt text at INFO.
         logger.info(
-            "request %s: %d turns, %d prompt tokens, action=%s",
+            "request %s: %d turns, %d prompt tokens, action=%s, matches=[%s]",
             request_id,
             len(turns),
             len(prompt.ids),
             plan.action,
+            describe(verdict),
         )
         return PreparedChat(
             id=request_id,
@@ -199,7 +206,11 @@ class ChatService:
         return Verdict(matches=matches)
 
     def _replan(self, chat: PreparedChat, verdict: Verdict) -> Plan:
-        logger.info("request %s: answer audit -> re-run with intervention", chat.id)
+        logger.info(
+            "request %s: answer audit matches=[%s] -> re-run with intervention",
+            chat.id,
+            describe(verdict),
+        )
         return Plan.for_whole_turns(verdict, chat.turns, noise_seed(chat.turns))
 
     def _redactors(self, chat: PreparedChat) -> list[Redactor]:

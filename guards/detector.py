@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -10,8 +9,6 @@ from guards.leak_terms import WORD_PATTERN as _WORD
 from guards.registry import Registry
 from guards.verdict import ChatTurn, Match, Span, Verdict
 from guards.windows import Window, split_windows
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,13 +124,7 @@ class Detector:
                     ev.score = score
                 ev.spans.append(Span(mi, window.start, window.end))
 
-        matches = self._matches(evidence)
-        if matches:
-            logger.info(
-                "flagged: %s",
-                ", ".join(f"{m.target_id}({m.source} {m.score:.2f})" for m in matches),
-            )
-        return Verdict(matches=tuple(matches))
+        return Verdict(matches=tuple(self._matches(evidence)))
 
     def inspect_answer(self, answer: str) -> Verdict:
         """Targets a model's answer names (ALU-style audit of the response).
@@ -148,7 +139,4 @@ class Detector:
         for mention in self.registry.aliases.find(answer):
             ev = evidence.setdefault(mention.target_id, _Evidence(1.0, source="answer"))
             ev.spans.append(Span(0, mention.start, mention.end))
-        matches = self._matches(evidence)
-        if matches:
-            logger.info("answer audit flagged: %s", ", ".join(m.target_id for m in matches))
-        return Verdict(matches=tuple(matches))
+        return Verdict(matches=tuple(self._matches(evidence)))
