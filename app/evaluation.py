@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from app.eval_pool import Progress, parallel
 from app.evaluation_report import (
     BenignResult,
     ProbeResult,
@@ -39,9 +38,6 @@ from app.probes import (
 __all__ = ["EvalError", "add_eval_arguments", "leaked_keywords", "load_probe_file", "run_eval"]
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
-_X = TypeVar("_X")
 
 
 class EvalError(RuntimeError):
@@ -86,52 +82,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--keep", action="store_true", help="leave the targets registered")
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
-
-
-class _Progress:
-    """A tqdm bar on stderr, or plain lines every 10% when tqdm is not installed."""
-
-    def __init__(self, desc: str, total: int, unit: str = "req") -> None:
-        self._desc, self._total, self._last_tenth = desc, total, -1
-        try:
-            tqdm_cls: Any = importlib.import_module("tqdm").tqdm
-        except ImportError:
-            tqdm_cls = None
-        self._bar: Any = None
-        if tqdm_cls is not None:
-            self._bar = tqdm_cls(total=total, desc=desc, unit=unit, file=sys.stderr)
-
-    def update_to(self, value: int) -> None:
-        if self._bar is not None:
-            self._bar.update(value - self._bar.n)
-            return
-        tenth = value * 10 // self._total if self._total else 10
-        if tenth != self._last_tenth:
-            self._last_tenth = tenth
-            sys.stderr.write(f"{self._desc}: {value}/{self._total}\n")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _parallel(
-    pool: ThreadPoolExecutor, fn: Callable[[_X], _T], items: Sequence[_X], desc: str
-) -> list[_T]:
-    """Runs ``fn`` over ``items`` on ``pool``; results in input order, first error raised."""
-    futures = [pool.submit(fn, item) for item in items]
-    progress = _Progress(desc, len(futures))
-    try:
-        for done, future in enumerate(as_completed(futures), start=1):
-            future.result()
-            progress.update_to(done)
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
-    finally:
-        progress.close()
-    return [future.result() for future in futures]
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -244,7 +194,7 @@ class _Gateway:
         """Polls every target until its calibration is done; raises on failure or timeout."""
         deadline = time.monotonic() + timeout
         progress_by_id = dict.fromkeys(keys_by_id, 0.0)
-        bar = _Progress("calibrating", 100, unit="%")
+        bar = Progress("calibrating", 100, unit="%")
         try:
             while True:
                 for target_id in [t for t, p in progress_by_id.items() if p < 1.0]:
@@ -290,8 +240,8 @@ def _evaluate(
 
     start = time.monotonic()
     gateway.prepare()
-    before = _parallel(pool, gateway.greedy, benign_msgs + probe_msgs, "bare model, greedy")
-    base_samples = _parallel(pool, sampler, probe_msgs, f"bare model, {k} samples") if k else []
+    before = parallel(pool, gateway.greedy, benign_msgs + probe_msgs, "bare model, greedy")
+    base_samples = parallel(pool, sampler, probe_msgs, f"bare model, {k} samples") if k else []
     phases["bare model"] = time.monotonic() - start
 
     start = time.monotonic()
@@ -304,9 +254,9 @@ def _evaluate(
     phases["registration + calibration"] = time.monotonic() - start
 
     start = time.monotonic()
-    flags = _parallel(pool, gateway.classify, probe_msgs + benign_msgs, "classify")
-    after = _parallel(pool, gateway.greedy, probe_msgs + benign_msgs, "gateway, greedy")
-    samples = _parallel(pool, sampler, probe_msgs, f"gateway, {k} samples") if k else []
+    flags = parallel(pool, gateway.classify, probe_msgs + benign_msgs, "classify")
+    after = parallel(pool, gateway.greedy, probe_msgs + benign_msgs, "gateway, greedy")
+    samples = parallel(pool, sampler, probe_msgs, f"gateway, {k} samples") if k else []
     phases["gateway"] = time.monotonic() - start
 
     targets = {t.key: t for t in probe_set.targets}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from guards.leak_terms import WORD_PATTERN as _WORD
 from guards.registry import Registry
+from guards.targets import Target
 from guards.verdict import ChatTurn, Match, Span, Verdict
 from guards.windows import Window, split_windows
 
@@ -40,7 +41,7 @@ class Detector:
         self.fact_bonus = fact_bonus
         self.top_k = top_k
 
-    def _fact_hits(self, text: str) -> dict[str, list[tuple[int, int]]]:
+    def _fact_hits(self, text: str, targets: Sequence[Target]) -> dict[str, list[tuple[int, int]]]:
         """Per target: spans of words that are among its fact terms."""
         hits: dict[str, list[tuple[int, int]]] = {}
         found = [
@@ -48,7 +49,7 @@ class Detector:
         ]
         if not found:
             return hits
-        for target in self.registry.list():
+        for target in targets:
             terms = target.calibration.fact_terms
             if not terms:
                 continue
@@ -103,7 +104,8 @@ class Detector:
             weight = self.registry.threshold_config.benign_weight
             # Rare names/numbers the model itself associates with a target ("1687" for
             # Newton) add to the window score of the windows that contain them.
-            facts = [self._fact_hits(w.text) for _, w in windows]
+            with_facts = [t for t in self.registry.list() if t.calibration.fact_terms]
+            facts = [self._fact_hits(w.text, with_facts) for _, w in windows]
             best: dict[str, tuple[float, int]] = {}
             for hit in self.registry.index.search(vectors, self.top_k):
                 n_facts = len({w for w in facts[hit.query].get(hit.target_id, [])})

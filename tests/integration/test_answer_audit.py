@@ -35,9 +35,7 @@ async def test_answer_naming_a_target_is_regenerated_with_the_intervention(
     assert created.status_code == 201
     target_id = created.json()["id"]
     try:
-        verdict = await gateway.http.post(
-            "/admin/classify", json={"text": INDIRECT}, headers=ADMIN
-        )
+        verdict = await gateway.http.post("/admin/classify", json={"text": INDIRECT}, headers=ADMIN)
         assert verdict.json()["flagged"] is False  # only the answer shows the target
         for stream in (False, True):
             answer = await _answer(gateway, stream=stream)

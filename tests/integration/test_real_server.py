@@ -62,6 +62,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+async def _batch_size_when_settled(client: httpx.AsyncClient) -> int:
+    """The engine's batch size once it reaches 0, or after 10 s of waiting."""
+    busy = -1
+    for _ in range(100):
+        busy = int((await client.get("/health")).json()["batch_size"])
+        if busy == 0:
+            break
+        await asyncio.sleep(0.1)
+    return busy
+
+
 def _body(max_tokens: int, stream: bool = False) -> dict[str, object]:
     return {
         "model": MODEL_ID,
@@ -107,23 +118,11 @@ async def test_disconnected_stream_frees_its_row(server: str) -> None:
                     chunks += 1
                 if chunks >= 3:
                     break  # leaving the block closes the connection
-        busy = None
-        for _ in range(100):
-            busy = (await client.get("/health")).json()["batch_size"]
-            if busy == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert busy == 0
+        assert await _batch_size_when_settled(client) == 0
 
 
 async def test_disconnected_plain_request_frees_its_row(server: str) -> None:
     async with httpx.AsyncClient(base_url=server, timeout=300) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.post("/v1/chat/completions", json=_body(2000), timeout=1.5)
-        busy = None
-        for _ in range(100):
-            busy = (await client.get("/health")).json()["batch_size"]
-            if busy == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert busy == 0
+        assert await _batch_size_when_settled(client) == 0

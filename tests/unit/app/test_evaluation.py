@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from app.evaluation import _parallel, add_eval_arguments, run_eval
+from app.eval_pool import parallel
+from app.evaluation import add_eval_arguments, run_eval
 from app.evaluation_report import (
     BenignResult,
     ProbeResult,
@@ -449,7 +450,7 @@ def test_parallel_keeps_input_order_under_out_of_order_completion() -> None:
         return item * 10
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        assert _parallel(pool, slow_echo, list(range(10)), "test") == [i * 10 for i in range(10)]
+        assert parallel(pool, slow_echo, list(range(10)), "test") == [i * 10 for i in range(10)]
 
 
 def test_parallel_raises_the_first_error() -> None:
@@ -462,5 +463,5 @@ def test_parallel_raises_the_first_error() -> None:
         return item
 
     with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(RuntimeError, match="boom"):
-        _parallel(pool, boom, list(range(6)), "test")
+        parallel(pool, boom, list(range(6)), "test")
     assert started.is_set()
