@@ -21,9 +21,11 @@ from typing import Any
 
 import torch
 
+from adapters.bank import InterventionBank
 from adapters.batch import KVBatch
 from adapters.eco import corrupt_embeddings
 from adapters.model import LoadedModel
+from adapters.patches import ModelPatches, RowEffect
 from adapters.prompt import RenderedPrompt
 from adapters.sampling import RowText, SamplingParams, choose_token, row_generator
 from guards.verdict import Plan
@@ -115,6 +117,7 @@ class _Row:
     text: RowText
     gen: torch.Generator
     position: int  # position id of the next token fed to the model
+    effect: RowEffect | None = None  # steering / LoRA applied to this row at every step
     last_token: int = 0
     count: int = 0
     done: bool = False
@@ -128,8 +131,16 @@ class Engine:
         >>> async for event in engine.generate(request): ...  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: LoadedModel, max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        bank: InterventionBank | None = None,
+    ) -> None:
         self.loaded = loaded
+        self.bank = bank or InterventionBank(loaded.device, loaded.dtype)
+        self.patches = ModelPatches(loaded.model)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._pending: collections.deque[_Job] = collections.deque()
@@ -217,12 +228,12 @@ class Engine:
             _flush(touched)
             self._active_rows = len(rows)
 
-    def _prefill_embeds(self, request: GenerationRequest) -> torch.Tensor:
-        """Prompt embeddings `[1, seq, hidden]`, corrupted per the plan for ECO rows."""
+    def _prefill_embeds(self, request: GenerationRequest, corrupt: bool) -> torch.Tensor:
+        """Prompt embeddings `[1, seq, hidden]`, corrupted on the plan's spans for ECO rows."""
         lm = self.loaded
         ids = torch.tensor([request.prompt.ids], dtype=torch.long, device=lm.device)
         embeds = lm.model.get_input_embeddings()(ids)[0]  # [seq, hidden]
-        if request.plan.action == "eco":
+        if corrupt:
             positions = request.prompt.token_positions(request.plan.spans)
             embeds = corrupt_embeddings(
                 embeds, positions, request.plan.eco_sigma, request.plan.noise_seed
@@ -233,7 +244,10 @@ class Engine:
     def _prefill(self, job: _Job, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
         """Run a new request's prompt alone; add its rows; return its cache and mask."""
         lm, req = self.loaded, job.request
-        out = lm.model(inputs_embeds=self._prefill_embeds(req), use_cache=True)
+        effect, missing = self.bank.effect(req.plan)
+        embeds = self._prefill_embeds(req, corrupt=req.plan.corrupts or missing)
+        with self.patches.apply([effect]):
+            out = lm.model(inputs_embeds=embeds, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[0, -1]  # [vocab], shared by the request's rows
         if req.n > 1:
@@ -247,6 +261,7 @@ class Engine:
                 text=RowText(lm.tokenizer, req.sampling.stop),
                 gen=row_generator(req.sampling, i),
                 position=length,
+                effect=effect,
             )
             rows.append(row)
             self._accept(row, choose_token(logits, req.sampling, row.gen))
@@ -257,13 +272,14 @@ class Engine:
         lm = self.loaded
         ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long, device=lm.device)
         positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=lm.device)
-        out = lm.model(
-            input_ids=ids,
-            attention_mask=batch.extend_mask(),
-            position_ids=positions,
-            past_key_values=batch.cache,
-            use_cache=True,
-        )
+        with self.patches.apply([r.effect for r in rows]):
+            out = lm.model(
+                input_ids=ids,
+                attention_mask=batch.extend_mask(),
+                position_ids=positions,
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
         batch.cache = out.past_key_values
         logits = out.logits[:, -1, :]  # [batch, vocab]
         greedy = logits.argmax(dim=-1).tolist()  # one call for every greedy row

@@ -34,9 +34,17 @@ class Detector:
     """
 
     def __init__(
-        self, registry: Registry, window_words: int, fact_bonus: float = 0.1, top_k: int = 16
+        self,
+        registry: Registry,
+        window_words: int,
+        fact_bonus: float = 0.1,
+        top_k: int = 16,
+        min_confidence: float = 0.6,
+        confidence_span: float = 0.1,
     ) -> None:
         self.registry = registry
+        self.min_confidence = min_confidence
+        self.confidence_span = confidence_span
         self.window_words = window_words
         self.fact_bonus = fact_bonus
         self.top_k = top_k
@@ -58,6 +66,14 @@ class Detector:
                 hits[target.id] = spans
         return hits
 
+    def _confidence(self, ev: _Evidence, target: Target) -> float:
+        """1 for a named mention; for an embedding match, rising from `min_confidence` at the
+        threshold to 1 at `confidence_span` above it."""
+        if ev.source != "embedding":
+            return 1.0
+        above = (ev.score - target.calibration.threshold) / self.confidence_span
+        return round(self.min_confidence + (1 - self.min_confidence) * min(max(above, 0.0), 1.0), 4)
+
     def _matches(self, evidence: dict[str, _Evidence]) -> list[Match]:
         """Matches for live targets, strongest first."""
         matches: list[Match] = []
@@ -72,8 +88,10 @@ class Detector:
                     score=round(ev.score, 4),
                     spans=tuple(sorted(set(ev.spans), key=lambda s: (s.message, s.start))),
                     source=ev.source,
-                    intervention=target.spec.intervention,
+                    intervention=target.method(),
                     eco_sigma=target.calibration.eco_sigma,
+                    steer_strength=target.calibration.steer_strength,
+                    confidence=self._confidence(ev, target),
                 )
             )
         matches.sort(key=lambda m: -m.score)

@@ -128,6 +128,17 @@ class Registry:
             self._targets[target_id] = target
         return target
 
+    def put_artifact(self, target_id: str, kind: str, data: bytes) -> bool:
+        """Persist a live target's binary state; False when the target is gone."""
+        with self._write_lock:
+            if target_id not in self._targets:
+                return False
+            return self.store.put_artifact(target_id, kind, data)
+
+    def artifact(self, target_id: str, kind: str) -> bytes | None:
+        """A target's stored binary state (steering vectors, adapter weights), or None."""
+        return self.store.get_artifact(target_id, kind)
+
     def remove(self, target_id: str) -> bool:
         """Delete a target; False when unknown."""
         with self._write_lock:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from guards.targets import Calibration, CalibrationState, Intervention, Target, TargetSpec
+from guards.targets import (
+    AdapterInfo,
+    AdapterState,
+    Calibration,
+    CalibrationState,
+    Intervention,
+    Target,
+    TargetSpec,
+)
 
 
 class StoreError(RuntimeError):
@@ -25,6 +33,8 @@ class TargetStore(Protocol):
     def remove(self, target_id: str) -> bool: ...
     def get(self, target_id: str) -> Target | None: ...
     def list(self) -> list[Target]: ...
+    def put_artifact(self, target_id: str, kind: str, data: bytes) -> bool: ...
+    def get_artifact(self, target_id: str, kind: str) -> bytes | None: ...
     def close(self) -> None: ...
 
 
@@ -34,6 +44,12 @@ CREATE TABLE IF NOT EXISTS targets (
     created_at INTEGER NOT NULL,
     spec TEXT NOT NULL,
     calibration TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    target_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (target_id, kind)
 );
 """
 
@@ -59,7 +75,21 @@ def _spec_from_json(raw: str) -> TargetSpec:
 def _calibration_to_json(cal: Calibration) -> str:
     data = asdict(cal)
     data["state"] = cal.state.value
+    data["auto_method"] = cal.auto_method.value
+    data["adapter"]["state"] = cal.adapter.state.value
     return json.dumps(data)
+
+
+def _adapter_from_dict(data: dict[str, Any]) -> AdapterInfo:
+    eta = data.get("eta_s")
+    return AdapterInfo(
+        state=AdapterState(data.get("state", "none")),
+        source=str(data.get("source", "")),
+        progress=float(data.get("progress", 0.0)),
+        eta_s=None if eta is None else float(eta),
+        rank=int(data.get("rank", 0)),
+        message=data.get("message"),
+    )
 
 
 def _calibration_from_json(raw: str) -> Calibration:
@@ -72,6 +102,9 @@ def _calibration_from_json(raw: str) -> Calibration:
         eco_sigma=float(data.get("eco_sigma", 1.0)),
         expansion=tuple(data.get("expansion", ())),
         fact_terms=tuple(data.get("fact_terms", ())),
+        steer_strength=float(data.get("steer_strength", 0.0)),
+        auto_method=Intervention(data.get("auto_method", "eco")),
+        adapter=_adapter_from_dict(data.get("adapter") or {}),
     )
 
 
@@ -149,8 +182,39 @@ class SqliteTargetStore:
         return n > 0
 
     def remove(self, target_id: str) -> bool:
-        """Delete a target; False when it did not exist."""
-        return self._write("DELETE FROM targets WHERE id = ?", (target_id,)) > 0
+        """Delete a target and its artifacts in one transaction; False when it did not exist."""
+        with self._lock:
+            try:
+                with self._conn:  # one transaction
+                    self._conn.execute("BEGIN")
+                    self._conn.execute("DELETE FROM artifacts WHERE target_id = ?", (target_id,))
+                    n = self._conn.execute(
+                        "DELETE FROM targets WHERE id = ?", (target_id,)
+                    ).rowcount
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"registry write failed: {exc}") from exc
+        return n > 0
+
+    def put_artifact(self, target_id: str, kind: str, data: bytes) -> bool:
+        """Store a target's binary state (steering vectors, adapter weights); False when the
+        target is gone."""
+        n = self._write(
+            "INSERT OR REPLACE INTO artifacts (target_id, kind, data) "
+            "SELECT id, ?, ? FROM targets WHERE id = ?",
+            (kind, data, target_id),
+        )
+        return n > 0
+
+    def get_artifact(self, target_id: str, kind: str) -> bytes | None:
+        """A stored artifact, or None."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT data FROM artifacts WHERE target_id = ? AND kind = ?", (target_id, kind)
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"registry database {self.path} cannot be read: {exc}") from exc
+        return None if row is None else bytes(row[0])
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Target]:
         with self._lock:

@@ -11,11 +11,9 @@ class Intervention(enum.StrEnum):
 
     AUTO = "auto"
     ECO = "eco"
+    STEER = "steer"
+    LORA = "lora"
     REFUSE = "refuse"
-
-    def resolved(self) -> Intervention:
-        """The concrete method `auto` stands for (ECO: no training, zero extra FLOPs)."""
-        return Intervention.ECO if self is Intervention.AUTO else self
 
 
 class CalibrationState(enum.StrEnum):
@@ -57,6 +55,27 @@ class TargetSpec:
         return out
 
 
+class AdapterState(enum.StrEnum):
+    """Lifecycle of a target's LoRA adapter."""
+
+    NONE = "none"
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What is known about a target's LoRA adapter (its weights live in the store)."""
+
+    state: AdapterState = AdapterState.NONE
+    source: str = ""  # "trained" | "uploaded"
+    progress: float = 0.0
+    eta_s: float | None = None
+    rank: int = 0
+    message: str | None = None
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Derived, per-target enforcement state: thresholds, strengths, expansion."""
@@ -68,6 +87,9 @@ class Calibration:
     eco_sigma: float = 1.0  # noise strength relative to the embedding RMS
     expansion: tuple[str, ...] = ()  # what the served model said about the target
     fact_terms: tuple[str, ...] = ()  # rare names/numbers from those answers (lower-cased)
+    steer_strength: float = 0.0  # 0 until a steering vector is computed and its strength searched
+    auto_method: Intervention = Intervention.ECO  # what `auto` stands for, chosen at calibration
+    adapter: AdapterInfo = field(default_factory=AdapterInfo)
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,22 @@ class Target:
     def with_calibration(self, calibration: Calibration) -> Target:
         """A copy with new derived state."""
         return replace(self, calibration=calibration)
+
+    def method(self) -> Intervention:
+        """The method enforcing this target right now.
+
+        A method whose state is not ready yet falls back to one that is, so that enforcement
+        never waits: lora -> steer -> eco, steer -> eco, auto -> its calibrated choice.
+        """
+        wanted = self.spec.intervention
+        cal = self.calibration
+        if wanted is Intervention.AUTO:
+            wanted = cal.auto_method
+        if wanted is Intervention.LORA and cal.adapter.state is not AdapterState.READY:
+            wanted = Intervention.STEER
+        if wanted is Intervention.STEER and cal.steer_strength <= 0:
+            wanted = Intervention.ECO
+        return wanted
 
     def vector_texts(self) -> list[str]:
         """Every text whose embedding represents the target in the index."""

@@ -33,9 +33,11 @@ class Match:
     name: str
     score: float  # 1.0 for an alias mention, else the best window cosine
     spans: tuple[Span, ...]
-    source: str  # "alias" | "embedding"
-    intervention: Intervention = Intervention.ECO
+    source: str  # "alias" | "embedding" | "answer"
+    intervention: Intervention = Intervention.ECO  # the method enforcing the target now
     eco_sigma: float = 1.0
+    steer_strength: float = 0.0
+    confidence: float = 1.0  # how sure the detector is, in (0, 1]; scales a LoRA adapter
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,58 @@ class Verdict:
 
     @property
     def action(self) -> str:
-        """'none', or the strongest intervention among the matches (refuse beats eco)."""
+        """'none', or the strongest method among the matches (refuse > lora > steer > eco)."""
         if not self.matches:
             return "none"
-        kinds = {m.intervention.resolved() for m in self.matches}
-        return Intervention.REFUSE.value if Intervention.REFUSE in kinds else Intervention.ECO.value
+        kinds = {m.intervention for m in self.matches}
+        for kind in _PRECEDENCE:
+            if kind in kinds:
+                return kind.value
+        return Intervention.ECO.value
+
+
+_PRECEDENCE = (Intervention.REFUSE, Intervention.LORA, Intervention.STEER, Intervention.ECO)
+
+
+@dataclass(frozen=True)
+class SteerRef:
+    """Steer a row with a target's steering vector at this strength."""
+
+    target_id: str
+    strength: float
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """Apply a target's LoRA adapter to a row, scaled (O3's soft loading)."""
+
+    target_id: str
+    scale: float
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How the engine treats one row. `none` must leave the model's computation untouched."""
+    """How the engine treats one row. `none` must leave the model's computation untouched.
 
-    action: str = "none"  # none | eco | refuse
+    `spans` and `eco_sigma` are filled for every flagged row: they are what `eco` corrupts, and
+    the fallback the engine uses when a steering vector or adapter is not loaded on this
+    replica yet.
+    """
+
+    action: str = "none"  # none | eco | steer | lora | refuse
     spans: tuple[Span, ...] = field(default_factory=tuple)  # ECO: where to corrupt
     eco_sigma: float = 0.0
     noise_seed: int = 0
+    steer: tuple[SteerRef, ...] = ()
+    lora: LoraRef | None = None
+
+    @property
+    def corrupts(self) -> bool:
+        """True when ECO itself is one of the row's methods (not only its fallback)."""
+        return self.action == Intervention.ECO.value or (
+            self.action not in ("none", Intervention.REFUSE.value)
+            and len(self.steer) + (self.lora is not None) == 0
+        )
 
     @staticmethod
     def for_whole_turns(verdict: Verdict, turns: list[ChatTurn], noise_seed: int = 0) -> Plan:
@@ -74,17 +113,32 @@ class Plan:
         spans = tuple(Span(i, 0, len(t.content)) for i, t in enumerate(turns) if t.role == "user")
         matches = tuple(replace(m, spans=()) for m in verdict.matches)
         plan = Plan.from_verdict(Verdict(matches=matches), noise_seed)
-        return replace(plan, spans=spans) if plan.action == "eco" else plan
+        return replace(plan, spans=spans) if plan.action not in ("none", "refuse") else plan
 
     @staticmethod
     def from_verdict(verdict: Verdict, noise_seed: int = 0) -> Plan:
-        """The plan a verdict calls for."""
+        """The plan a verdict calls for.
+
+        Every match contributes its own method: ECO matches their spans, steered targets their
+        vectors (summed), and the most confident LoRA target its adapter (one per row).
+        """
         action = verdict.action
-        if action != Intervention.ECO.value:
+        if action in ("none", Intervention.REFUSE.value):
             return Plan(action=action)
-        spans = tuple(s for m in verdict.matches for s in m.spans)
-        sigma = max(m.eco_sigma for m in verdict.matches)
-        return Plan(action=action, spans=spans, eco_sigma=sigma, noise_seed=noise_seed)
+        matches = verdict.matches
+        by_kind = {kind: [m for m in matches if m.intervention is kind] for kind in _PRECEDENCE}
+        eco_matches = by_kind[Intervention.ECO] or list(matches)
+        lora = max(by_kind[Intervention.LORA], key=lambda m: m.confidence, default=None)
+        return Plan(
+            action=action,
+            spans=tuple(s for m in eco_matches for s in m.spans),
+            eco_sigma=max(m.eco_sigma for m in matches),
+            noise_seed=noise_seed,
+            steer=tuple(
+                SteerRef(m.target_id, m.steer_strength) for m in by_kind[Intervention.STEER]
+            ),
+            lora=None if lora is None else LoraRef(lora.target_id, lora.confidence),
+        )
 
 
 def noise_seed(turns: list[ChatTurn]) -> int:
