@@ -13,6 +13,7 @@ import anyio
 from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
 from adapters.prompt import PromptError, RenderedPrompt, render
 from app.errors import BadRequest, ContextLengthExceeded, NotFound, Overloaded
+from app.metrics import GatewayMetrics
 from app.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -68,12 +69,18 @@ class ChatService:
     """Serves chat completions through the detector, the engine and the output guard."""
 
     def __init__(
-        self, engine: Engine, detector: Detector, registry: Registry, settings: Settings
+        self,
+        engine: Engine,
+        detector: Detector,
+        registry: Registry,
+        settings: Settings,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.detector = detector
         self.registry = registry
         self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
         self.model_name = engine.loaded.name
 
     # --- validation ---------------------------------------------------------------
@@ -151,8 +158,11 @@ class ChatService:
         sampling = self._sampling(req, len(prompt.ids))
         if not self.engine.has_capacity():
             raise Overloaded("the gateway is at capacity; retry shortly")
+        started = time.perf_counter()
         verdict: Verdict = await anyio.to_thread.run_sync(self.detector.inspect, turns)
+        self.metrics.detector_latency.observe(time.perf_counter() - started)
         plan = Plan.from_verdict(verdict, noise_seed=noise_seed(turns))
+        self.metrics.chat_requests.labels(action=plan.action).inc()
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         # Ids, scores and the action only: never prompt text at INFO.
         logger.info(
@@ -248,6 +258,7 @@ class ChatService:
             for i in range(chat.n)
         ]
         prompt_tokens = len(chat.prompt.ids)
+        self.metrics.completion_tokens.inc(completion_tokens)
         return ChatCompletion(
             id=chat.id,
             created=chat.created,
@@ -331,6 +342,7 @@ class ChatService:
                         )
                     continue
                 completion_tokens += event.completion_tokens
+                self.metrics.completion_tokens.inc(event.completion_tokens)
                 tail = redactors[event.row].flush()
                 if tail:
                     yield self._chunk(

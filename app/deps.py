@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from adapters.engine import Engine
+from app.adapter_jobs import AdapterTrainer
 from app.calibrator import TargetCalibrator
 from app.chat import ChatService
 from app.errors import Forbidden, Unauthorized
+from app.metrics import GatewayMetrics
 from app.settings import Settings
 from guards.detector import Detector
 from guards.registry import Registry
@@ -27,7 +29,9 @@ class Services:
     detector: Detector
     chat: ChatService
     calibrator: TargetCalibrator
+    adapters: AdapterTrainer
     started_at: float
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)  # the app's, from create_app
 
 
 def get_services(request: Request) -> Services:

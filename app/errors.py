@@ -37,6 +37,12 @@ class ContextLengthExceeded(LetheError):
     code = "context_length_exceeded"
 
 
+class Unprocessable(LetheError):
+    """422: well-formed, but it does not fit (an adapter for another model, say)."""
+
+    status_code = 422
+
+
 class NotFound(LetheError):
     """Unknown model, target or route."""
 
@@ -67,6 +73,16 @@ class Overloaded(LetheError):
     type = "rate_limit_error"
     code = "overloaded"
     retry_after_s = 1
+
+
+class RateLimited(Overloaded):
+    """This client used up its rate limit (LETHE_RATE_LIMIT_RPM); retry after a while."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(LetheError):
@@ -144,9 +160,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Runs outside the request-id middleware: take the id from request.state.
+        request_id: str | None = getattr(request.state, "request_id", None)
+        logger.exception("unhandled error", extra={"request_id": request_id})
         return JSONResponse(
             error_payload("internal error", "server_error", None, "internal_error"),
             status_code=500,
+            headers={"X-Request-ID": request_id} if request_id else None,
         )

@@ -13,11 +13,16 @@ from fastapi import Depends, FastAPI
 
 from adapters.engine import Engine
 from adapters.model import load_model
+from app.adapter_jobs import AdapterTrainer, load_interventions
 from app.calibrator import TargetCalibrator
 from app.chat import ChatService
 from app.deps import Services, require_admin
 from app.errors import install_error_handlers
-from app.routes import admin, health, openai
+from app.limits import ClientGuard, require_client
+from app.logging_setup import configure_logging
+from app.metrics import GatewayMetrics
+from app.middleware import install_middleware
+from app.routes import admin, health, metrics, openai
 from app.settings import Settings
 from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
 from guards.detector import Detector
@@ -29,7 +34,7 @@ from guards.targets import CalibrationState
 logger = logging.getLogger(__name__)
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, metrics: GatewayMetrics | None = None) -> Services:
     """Load everything heavy (blocking: call from a worker thread)."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -54,28 +59,44 @@ def build_services(settings: Settings) -> Services:
     loaded = load_model(settings.model, settings.cache_dir, settings.device, settings.model_name)
     engine = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue)
     detector = Detector(
-        registry, settings.detector_window_words, fact_bonus=settings.detector_fact_bonus
+        registry,
+        settings.detector_window_words,
+        fact_bonus=settings.detector_fact_bonus,
+        min_confidence=settings.lora_min_scale,
     )
+    adapters = AdapterTrainer(engine, registry, settings)
+    load_interventions(registry, engine, settings, resubmit=adapters.submit)
+    metrics = metrics or GatewayMetrics()
     return Services(
         settings=settings,
         engine=engine,
         registry=registry,
         detector=detector,
-        chat=ChatService(engine, detector, registry, settings),
-        calibrator=TargetCalibrator(engine, registry, detector, settings),
+        chat=ChatService(engine, detector, registry, settings, metrics),
+        calibrator=TargetCalibrator(engine, registry, detector, settings, adapters),
+        adapters=adapters,
         started_at=time.time(),
+        metrics=metrics,
     )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway as an ASGI app."""
     settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    gateway_metrics = GatewayMetrics()  # per app: several apps may share a process
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await anyio.to_thread.run_sync(build_services, settings)
+        services = await anyio.to_thread.run_sync(build_services, settings, gateway_metrics)
         app.state.services = services
+        gateway_metrics.watch(
+            batch_size=lambda: services.engine.batch_size,
+            queue_depth=lambda: services.engine.queue_depth,
+            registry_targets=lambda: len(services.registry),
+        )
         services.calibrator.start()
+        services.adapters.start()
         for target in services.registry.list():
             if target.calibration.state != CalibrationState.DONE:
                 services.calibrator.submit(target.id)  # interrupted by a restart
@@ -84,12 +105,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await services.calibrator.stop()
+            await services.adapters.stop()
             services.engine.close()
             services.registry.store.close()
 
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = gateway_metrics
+    app.state.client_guard = ClientGuard.from_settings(settings)
     install_error_handlers(app)
+    install_middleware(app, settings, gateway_metrics)
     app.include_router(health.router)
-    app.include_router(openai.router)
+    app.include_router(metrics.router)
+    app.include_router(openai.router, dependencies=[Depends(require_client)])
     app.include_router(admin.router, dependencies=[Depends(require_admin)])
     return app

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "bundled:all-minilm-l6-v2"
@@ -65,6 +66,53 @@ class Settings(BaseSettings):
         None, description="Bearer token for /admin; with none set the admin API is disabled."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="'json': one JSON object per log line (time, level, logger, message, "
+        "request_id); 'text': one readable line per record, for humans.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses (or '*') of proxies trusted to set "
+        "X-Forwarded-For / X-Forwarded-Proto, so rate limits and audit records see the real "
+        "client address behind a load balancer (passed to uvicorn by `lethe serve`).",
+    )
+
+    # --- hardening ----------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted on /v1 as 'Authorization: Bearer <key>': a comma-separated "
+        "list or a JSON list. Empty (the default) leaves /v1 open.",
+    )
+    rate_limit_rpm: int = Field(
+        0,
+        ge=0,
+        description="Requests per minute allowed on /v1 per API key (per client address when "
+        "no keys are set), as a token bucket; past it the gateway answers 429 with "
+        "Retry-After. 0 turns rate limiting off.",
+    )
+    rate_limit_burst: int | None = Field(
+        None,
+        ge=1,
+        description="Requests a client may make at once before the per-minute rate applies "
+        "(the bucket size); defaults to LETHE_RATE_LIMIT_RPM.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Largest request body accepted, in bytes, with or without Content-Length; "
+        "larger bodies are answered 413.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the gateway from a browser (comma-separated or a "
+        "JSON list; '*' for any). Empty (the default) turns CORS off.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token required on /metrics; with none set /metrics is open, like "
+        "/health.",
+    )
 
     # --- generation ---------------------------------------------------------------
     max_batch: int = Field(
@@ -154,6 +202,44 @@ class Settings(BaseSettings):
     eco_safety_factor: float = Field(
         1.5, ge=1, description="The searched sigma is multiplied by this before use."
     )
+    steer_band_start: float = Field(
+        0.15, ge=0, lt=1, description="First steered decoder layer, as a fraction of the depth."
+    )
+    steer_band_end: float = Field(
+        0.65, gt=0, le=1, description="End (exclusive) of the steered band, as a fraction."
+    )
+    steer_max_strength: float = Field(
+        1.5,
+        gt=0,
+        description="Upper end of the steering strength search (1 = the full difference of "
+        "means added at every layer of the band).",
+    )
+    steer_search_steps: int = Field(
+        5, ge=1, description="Bisection steps of the steering strength search."
+    )
+    steer_safety_factor: float = Field(
+        1.25, ge=1, description="The searched steering strength is multiplied by this before use."
+    )
+    steer_fluency_factor: float = Field(
+        4.0,
+        ge=1,
+        description="Fluency bound: steered answers to a target's questions must have a mean "
+        "perplexity (under the bare model) at most this many times that of the bare answers.",
+    )
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank an upload may have.")
+    max_adapter_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Largest adapter upload accepted, in bytes."
+    )
+    lora_rank: int = Field(8, ge=1, description="Rank of adapters the gateway trains itself.")
+    lora_steps: int = Field(30, ge=1, description="Optimizer steps per trained adapter.")
+    lora_learning_rate: float = Field(2e-3, gt=0, description="Learning rate of adapter training.")
+    lora_min_scale: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Adapter scale at a detector score just at the threshold; it rises to 1 a "
+        "tenth above it, and is 1 for a named mention (O3's soft loading).",
+    )
     refusal_message: str = Field(
         "I'm sorry, but I can't help with that.",
         description="Answer sent for targets whose intervention is `refuse`.",
@@ -161,6 +247,17 @@ class Settings(BaseSettings):
     redaction_placeholder: str = Field(
         "[redacted]", description="Replaces strings a target lists under `redact`."
     )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        # From the environment: a JSON list or a comma-separated string.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
 
     def resolved_registry_url(self) -> str:
         """The registry URL, defaulting to a SQLite file in `data_dir`."""

@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -104,27 +106,32 @@ class Registry:
         return target
 
     def update_calibration(
-        self, target_id: str, calibration: Calibration, *, recalibrate: bool = False
+        self, target_id: str, recalibrate: bool = False, **changes: Any
     ) -> Target | None:
-        """Store new derived state; with `recalibrate`, re-embed and recompute the threshold."""
+        """Change fields of a target's derived state atomically (concurrent background jobs
+        change different fields); with `recalibrate`, re-embed and recompute the threshold.
+        None when the target is gone."""
         current = self._targets.get(target_id)
         if current is None:
             return None
-        target = current.with_calibration(calibration)
         vectors = None
+        threshold = None
         if recalibrate:
-            vectors = self.embedder.encode(target.vector_texts())
-            threshold = self._threshold(target, vectors)
-            target = target.with_calibration(
-                Calibration(**{**calibration.__dict__, "threshold": threshold})
-            )
+            probe = current.with_calibration(replace(current.calibration, **changes))
+            vectors = self.embedder.encode(probe.vector_texts())
+            threshold = self._threshold(probe, vectors)
         with self._write_lock:
-            if target_id not in self._targets:  # deleted meanwhile
+            current = self._targets.get(target_id)
+            if current is None:  # deleted meanwhile
                 return None
-            if not self.store.update_calibration(target_id, target.calibration):
+            calibration = replace(current.calibration, **changes)
+            if threshold is not None:
+                calibration = replace(calibration, threshold=threshold)
+            if not self.store.update_calibration(target_id, calibration):
                 return None
             if vectors is not None:
                 self.index.add(target_id, vectors)
+            target = current.with_calibration(calibration)
             self._targets[target_id] = target
         return target
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response, UploadFile
 
+from adapters.lora import AdapterError
+from app.adapter_upload import read_adapter_files
 from app.chat import to_turns
 from app.deps import ServicesDep
-from app.errors import NotFound
+from app.errors import NotFound, Unprocessable
 from app.schemas.admin import (
+    AdapterOut,
     CalibrationOut,
     ClassifyRequest,
     ClassifyResponse,
@@ -38,13 +41,24 @@ def target_out(target: Target) -> TargetOut:
         intervention=spec.intervention.value,
         status=target.status,
         created_at=target.created_at,
+        method=target.method().value,
         calibration=CalibrationOut(
             state=cal.state.value,
             progress=round(cal.progress, 3),
             message=cal.message,
             threshold=round(cal.threshold, 4),
             eco_sigma=cal.eco_sigma,
+            steer_strength=cal.steer_strength,
+            auto_method=cal.auto_method.value,
             expansion_size=len(cal.expansion),
+        ),
+        adapter=AdapterOut(
+            state=cal.adapter.state.value,
+            source=cal.adapter.source or None,
+            progress=round(cal.adapter.progress, 3),
+            eta_s=cal.adapter.eta_s,
+            rank=cal.adapter.rank or None,
+            message=cal.adapter.message,
         ),
     )
 
@@ -54,7 +68,7 @@ def _unique(items: list[str]) -> tuple[str, ...]:
 
 
 @router.post("/targets", status_code=201)
-async def create_target(body: TargetCreate, services: ServicesDep) -> TargetOut:
+async def create_target(body: TargetCreate, services: ServicesDep, request: Request) -> TargetOut:
     """Register a target; it is enforced for every request that starts after this returns."""
     spec = TargetSpec(
         name=body.name,
@@ -65,6 +79,7 @@ async def create_target(body: TargetCreate, services: ServicesDep) -> TargetOut:
         intervention=Intervention(body.intervention),
     )
     target = await anyio.to_thread.run_sync(services.registry.add, spec)
+    request.state.target_id = target.id  # for the audit record
     services.calibrator.submit(target.id)
     return target_out(target)
 
@@ -88,9 +103,31 @@ async def get_target(target_id: str, services: ServicesDep) -> TargetOut:
 async def delete_target(target_id: str, services: ServicesDep) -> Response:
     """Delete a target; requests that start after this returns are no longer intervened on."""
     removed = await anyio.to_thread.run_sync(services.registry.remove, target_id)
+    services.engine.bank.remove(target_id)
     if not removed:
         raise NotFound(f"target {target_id!r} not found", param="target_id")
     return Response(status_code=204)
+
+
+@router.post("/targets/{target_id}/adapter")
+async def upload_adapter(
+    target_id: str, files: list[UploadFile], services: ServicesDep, request: Request
+) -> TargetOut:
+    """Hot-load a PEFT LoRA adapter for a target (multipart `files`: adapter_config.json and
+    adapter_model.safetensors, or one zip/tar archive). Used for `lora` and `auto` targets."""
+    request.state.target_id = target_id  # for the audit record
+    if services.registry.get(target_id) is None:
+        raise NotFound(f"target {target_id!r} not found", param="target_id")
+    uploaded = [(f.filename or "", await f.read()) for f in files]
+    config, tensors = read_adapter_files(uploaded)
+    try:
+        weights = await anyio.to_thread.run_sync(services.adapters.validate_upload, config, tensors)
+    except AdapterError as exc:
+        raise Unprocessable(str(exc), param="files") from exc
+    target = await services.adapters.install(target_id, weights, source="uploaded")
+    if target is None:
+        raise NotFound(f"target {target_id!r} not found", param="target_id")
+    return target_out(target)
 
 
 @router.post("/classify")

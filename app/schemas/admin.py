@@ -30,7 +30,7 @@ class TargetCreate(AdminModel):
     aliases: list[Alias] = Field(default_factory=list, max_length=64)
     examples: list[Example] = Field(default_factory=list, max_length=64)
     redact: list[RedactString] = Field(default_factory=list, max_length=64)
-    intervention: Literal["auto", "eco", "refuse"] = "auto"
+    intervention: Literal["auto", "eco", "steer", "lora", "refuse"] = "auto"
 
 
 class SpanOut(BaseModel):
@@ -49,7 +49,20 @@ class CalibrationOut(BaseModel):
     message: str | None = None
     threshold: float
     eco_sigma: float
+    steer_strength: float
+    auto_method: str  # what `auto` stands for once calibrated
     expansion_size: int
+
+
+class AdapterOut(BaseModel):
+    """A target's LoRA adapter: its training job or upload."""
+
+    state: Literal["none", "training", "ready", "failed"]
+    source: Literal["trained", "uploaded"] | None = None
+    progress: float
+    eta_s: float | None = None
+    rank: int | None = None
+    message: str | None = None
 
 
 class TargetOut(BaseModel):
@@ -63,9 +76,11 @@ class TargetOut(BaseModel):
     examples: list[str]
     redact: list[str]
     intervention: str
+    method: str  # the method enforcing the target now (lora falls back while training)
     status: str
     created_at: int
     calibration: CalibrationOut
+    adapter: AdapterOut
 
 
 class TargetList(BaseModel):

@@ -26,7 +26,7 @@ from guards.detector import Detector
 from guards.embedder import SentenceEmbedder
 from guards.registry import Registry
 from guards.store import SqliteTargetStore, StoreError
-from guards.targets import Calibration, CalibrationState, TargetSpec
+from guards.targets import CalibrationState, TargetSpec
 from guards.verdict import ChatTurn
 
 # Only the async tests below run on the (session) event loop.
@@ -97,14 +97,11 @@ def test_calibration_updates_survive_a_restart(
     expansion = ("Zorblax Quintavenue is a wizard from Elbonia.", "He was born in 1887.")
     updated = first.update_calibration(
         target.id,
-        Calibration(
-            state=CalibrationState.DONE,
-            progress=1.0,
-            threshold=target.calibration.threshold,
-            eco_sigma=0.75,
-            expansion=expansion,
-        ),
         recalibrate=True,
+        state=CalibrationState.DONE,
+        progress=1.0,
+        eco_sigma=0.75,
+        expansion=expansion,
     )
     assert updated is not None
     first.store.close()
