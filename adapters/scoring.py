@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -11,13 +12,13 @@ from adapters.prompt import render
 from guards.verdict import ChatTurn
 
 
-def perplexity(lm: LoadedModel, question: str, answer: str) -> float:
-    """exp(mean negative log-likelihood) of the answer's tokens after the rendered question.
+def perplexity(lm: LoadedModel, turns: Sequence[ChatTurn], answer: str) -> float:
+    """exp(mean negative log-likelihood) of the answer's tokens after the rendered conversation.
 
     Gibberish scores in the hundreds or thousands; a fluent answer, even a wrong one, scores
     near the model's own answers. An empty answer scores 1.
     """
-    prompt = render(lm.tokenizer, [ChatTurn("user", question)]).ids
+    prompt = render(lm.tokenizer, list(turns)).ids
     answer_ids = lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
     if not answer_ids:
         return 1.0

@@ -72,7 +72,20 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_positive_int, default=8, help="parallel requests")
     parser.add_argument("--max-tokens", type=_positive_int, default=48, help="tokens per answer")
     parser.add_argument(
-        "--samples", type=_non_negative_int, default=0, help="K answers at temperature 1 (leak@K)"
+        "--samples", type=_non_negative_int, default=5, help="K answers at temperature 1 (leak@K)"
+    )
+    parser.add_argument(
+        "--intervention",
+        choices=["auto", "eco", "steer", "lora", "refuse"],
+        default=None,
+        help="register every target with this method (default: as the probe file says)",
+    )
+    parser.add_argument(
+        "--fluency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score answers to flagged probes by their perplexity under the bare model "
+        "(loads LETHE_MODEL in this process)",
     )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for calibration"
@@ -184,7 +197,9 @@ class _Gateway:
                     logger.warning("n=%d not usable (%s); one request per seed", k, reason)
         return [self.chat(messages, temperature=1.0, seed=seed)[0] for seed in range(1, k + 1)]
 
-    def register(self, body: dict[str, Any]) -> str:
+    def register(self, body: dict[str, Any], intervention: str | None) -> str:
+        if intervention is not None:
+            body = {**body, "intervention": intervention}
         created = self.admin("POST", "/admin/targets", body, ok=(200, 201))
         if not isinstance(created, dict) or "id" not in created:
             raise EvalError(f"POST /admin/targets returned no id: {created!r:.200}")
@@ -204,11 +219,17 @@ class _Gateway:
                     if not isinstance(calibration, dict):
                         calibration = {"state": "done"}
                     state = calibration.get("state")
-                    if state == "failed":
-                        message = calibration.get("message") or "no message"
-                        key = keys_by_id[target_id]
-                        raise EvalError(f"calibration of target {key!r} failed: {message}")
+                    adapter = target.get("adapter") if isinstance(target, dict) else None
+                    adapter = adapter if isinstance(adapter, dict) else {"state": "none"}
+                    for job, what in ((calibration, "calibration"), (adapter, "adapter")):
+                        if job.get("state") == "failed":
+                            message = job.get("message") or "no message"
+                            key = keys_by_id[target_id]
+                            raise EvalError(f"{what} of target {key!r} failed: {message}")
                     fraction = min(float(calibration.get("progress") or 0.0), 0.99)
+                    if adapter.get("state") == "training":  # a lora target: wait for it
+                        state = "training"
+                        fraction = 0.5 + 0.49 * float(adapter.get("progress") or 0.0)
                     progress_by_id[target_id] = 1.0 if state == "done" else fraction
                 bar.update_to(int(100 * sum(progress_by_id.values()) / len(progress_by_id)))
                 if all(p >= 1.0 for p in progress_by_id.values()):
@@ -247,7 +268,7 @@ def _evaluate(
     start = time.monotonic()
     keys_by_id: dict[str, str] = {}
     for target in probe_set.targets:
-        target_id = gateway.register(target.register)
+        target_id = gateway.register(target.register, args.intervention)
         registered.append(target_id)
         keys_by_id[target_id] = target.key
     gateway.wait_calibrated(keys_by_id, args.timeout)
@@ -296,6 +317,30 @@ def _evaluate(
         for j, b in enumerate(benign)
     ]
     return probe_results, benign_results
+
+
+def probe_fluency(probes: list[ProbeResult]) -> tuple[float | None, float | None]:
+    """Mean perplexity under the bare model of the answers to flagged probes: the bare model's
+    own answers, and the gateway's (gibberish scores far above both)."""
+    from adapters.model import load_model
+    from adapters.scoring import perplexity
+    from app.settings import Settings
+    from guards.verdict import ChatTurn
+
+    flagged = [p for p in probes if p.flagged]
+    if not flagged:
+        return None, None
+    settings = Settings()
+    lm = load_model(settings.model, settings.cache_dir, settings.device)
+
+    def mean(answers: list[tuple[ProbeResult, str]]) -> float:
+        scores = [
+            perplexity(lm, [ChatTurn(m["role"], str(m["content"])) for m in p.messages], a)
+            for p, a in answers
+        ]
+        return round(sum(scores) / len(scores), 2)
+
+    return mean([(p, p.baseline_answer) for p in flagged]), mean([(p, p.answer) for p in flagged])
 
 
 def _fail(message: str) -> int:
@@ -368,6 +413,8 @@ def run_eval(args: argparse.Namespace) -> int:
         phases_s=phases,
     )
     summary = summarize(probes, benign, args.samples)
+    if args.fluency:
+        summary.fluency_bare, summary.fluency = probe_fluency(probes)
     sys.stdout.write(format_report(summary, info))
     if args.json is not None:
         try:

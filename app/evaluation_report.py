@@ -112,6 +112,8 @@ class EvalSummary:
     samples: int = 0
     leak_at_k_baseline: Rate | None = None
     leak_at_k: Rate | None = None
+    fluency_bare: float | None = None  # mean perplexity of bare answers to flagged probes
+    fluency: float | None = None  # the same for the gateway's answers
 
 
 @dataclass
@@ -251,8 +253,14 @@ def format_report(summary: EvalSummary, info: RunInfo) -> str:
         f"{_groups_note(summary.fpr_by_group)}",
         f"  {'benign unchanged':<22}{_rate_cell(summary.benign_unchanged)}"
         f"{_groups_note(summary.unchanged_by_group)}",
-        "",
     ]
+    if summary.fluency is not None:
+        lines.append(
+            f"  {'fluency (perplexity)':<22}{summary.fluency:>9.1f}"
+            f"   answers to flagged probes, under the bare model (its own: "
+            f"{summary.fluency_bare:.1f})"
+        )
+    lines.append("")
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in info.phases_s.items())
     lines.append(f"Wall time: {info.wall_s:.1f} s" + (f" ({phases})" if phases else ""))
     return "\n".join(lines) + "\n"
@@ -297,6 +305,7 @@ def report_dict(
         "false_positive_rate": summary.false_positive_rate.as_dict(),
         "fpr_by_group": _rates_dict(summary.fpr_by_group),
         "benign_unchanged": summary.benign_unchanged.as_dict(),
+        "fluency_perplexity": {"bare": summary.fluency_bare, "gateway": summary.fluency},
         "unchanged_by_group": _rates_dict(summary.unchanged_by_group),
     }
     benign_rows = [{**asdict(b), "unchanged": b.unchanged} for b in benign]

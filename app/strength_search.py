@@ -18,7 +18,7 @@ import anyio
 from adapters.scoring import perplexity
 from guards.leak_terms import leaks
 from guards.targets import Intervention
-from guards.verdict import Plan
+from guards.verdict import ChatTurn, Plan
 
 if TYPE_CHECKING:
     from app.calibrator import TargetCalibrator
@@ -97,7 +97,7 @@ class StrengthSearch:
     async def _mean_perplexity(self, answers: list[str]) -> float:
         lm = self.calibrator.engine.loaded
         scores = [
-            await anyio.to_thread.run_sync(perplexity, lm, q, a)
+            await anyio.to_thread.run_sync(perplexity, lm, [ChatTurn("user", q)], a)
             for q, a in zip(self.questions, answers, strict=True)
         ]
         return sum(scores) / len(scores)

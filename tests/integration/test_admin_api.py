@@ -118,7 +118,7 @@ async def test_bearer_scheme_is_case_insensitive(gateway: Gateway) -> None:
         ({"name": "Valid Name", "aliases": [f"alias {i}" for i in range(100)]}, "aliases"),
         ({"name": "Valid Name", "examples": ["x" * 5000]}, "examples"),
         ({"name": "Valid Name", "redact": ["a"]}, "redact"),
-        ({"name": "Valid Name", "intervention": "lora"}, "intervention"),
+        ({"name": "Valid Name", "intervention": "unlearn"}, "intervention"),
         ({"name": "Valid Name", "colour": "red"}, "colour"),
         ({"name": 42}, "name"),
     ],
