@@ -413,9 +413,12 @@ def test_eval_arguments_defaults() -> None:
     assert args.base_url == "http://127.0.0.1:8000"
     assert args.admin_token is None
     assert args.api_key == "none"
-    assert (args.concurrency, args.max_tokens, args.samples) == (8, 48, 0)
+    assert (args.concurrency, args.max_tokens, args.samples) == (8, 48, 5)
     assert args.timeout == 600.0
     assert args.keep is False and args.json is None
+    assert args.intervention is None and args.fluency is True
+    forced = _parser().parse_args(["--data", "p", "--intervention", "steer", "--no-fluency"])
+    assert forced.intervention == "steer" and forced.fluency is False
 
 
 @pytest.mark.parametrize(
