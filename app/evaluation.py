@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
 
-import httpx
 import openai
-from openai.types.chat import ChatCompletionMessageParam
 
-from app.eval_pool import Progress, parallel
+from app.eval_client import EvalError, EvalGateway
+from app.eval_pool import parallel
 from app.evaluation_report import (
     BenignResult,
     ProbeResult,
@@ -38,10 +36,6 @@ from app.probes import (
 __all__ = ["EvalError", "add_eval_arguments", "leaked_keywords", "load_probe_file", "run_eval"]
 
 logger = logging.getLogger(__name__)
-
-
-class EvalError(RuntimeError):
-    """The gateway could not be evaluated (unreachable, auth refused, calibration failed...)."""
 
 
 def _positive_int(text: str) -> int:
@@ -81,6 +75,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="register every target with this method (default: as the probe file says)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="reuse the bare model's answers from an earlier run's --json (same probe file, "
+        "model, max tokens and samples) instead of asking for them again",
+    )
+    parser.add_argument(
         "--fluency",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -97,153 +98,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write all results here")
 
 
-def _error_detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return str(body["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200] or response.reason_phrase
-
-
-class _Gateway:
-    """The HTTP calls `lethe eval` makes: admin API via httpx, chat via the openai client."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.base_url = str(args.base_url).rstrip("/")
-        self.model: str = args.model or ""
-        self._max_tokens: int = args.max_tokens
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {args.admin_token}"},
-            timeout=args.request_timeout,
-            transport=httpx.HTTPTransport(retries=2),
-        )
-        self._chat = openai.OpenAI(
-            base_url=self.base_url + "/v1",
-            api_key=args.api_key or "none",
-            max_retries=2,
-            timeout=args.request_timeout,
-        )
-        self._n_supported = True
-        self._n_lock = threading.Lock()
-
-    def close(self) -> None:
-        self._http.close()
-        self._chat.close()
-
-    def admin(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> Any:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise EvalError(f"cannot reach the gateway at {self.base_url}: {exc}") from exc
-        if response.status_code in (401, 403):
-            raise EvalError(f"admin token rejected (HTTP {response.status_code}) on {path}")
-        if response.status_code not in ok:
-            detail = _error_detail(response)
-            raise EvalError(f"{method} {path} -> HTTP {response.status_code}: {detail}")
-        return response.json() if response.content else None
-
-    def prepare(self) -> None:
-        """Checks reachability and the admin token, and picks the model."""
-        self.classify([{"role": "user", "content": "Hello"}])
-        try:
-            listed = self.admin("GET", "/admin/targets")
-        except EvalError as exc:  # only feeds a warning; classify above proved the basics
-            logger.debug("could not list targets: %s", exc)
-            listed = None
-        existing = listed.get("data") if isinstance(listed, dict) else None
-        if existing:
-            logger.warning("gateway already has %d targets: answers are not bare", len(existing))
-        if not self.model:
-            models = self._chat.models.list().data
-            if not models:
-                raise EvalError("the gateway lists no models; pass --model")
-            self.model = models[0].id
-
-    def classify(self, messages: list[Message]) -> bool:
-        verdict = self.admin("POST", "/admin/classify", {"messages": messages})
-        if not isinstance(verdict, dict) or not isinstance(verdict.get("flagged"), bool):
-            raise EvalError(f"/admin/classify returned an unexpected body: {verdict!r:.200}")
-        return bool(verdict["flagged"])
-
-    def chat(self, messages: list[Message], temperature: float, seed: int, n: int = 1) -> list[str]:
-        completion = self._chat.chat.completions.create(
-            model=self.model,
-            messages=cast("list[ChatCompletionMessageParam]", messages),
-            temperature=temperature,
-            max_tokens=self._max_tokens,
-            seed=seed,
-            n=n,
-        )
-        choices = sorted(completion.choices, key=lambda choice: choice.index)
-        return [choice.message.content or "" for choice in choices]
-
-    def greedy(self, messages: list[Message]) -> str:
-        return self.chat(messages, temperature=0.0, seed=0)[0]
-
-    def sample(self, messages: list[Message], k: int) -> list[str]:
-        """K answers at temperature 1.0: one request with n=K, else one request per seed."""
-        if self._n_supported:
-            try:
-                answers = self.chat(messages, temperature=1.0, seed=1, n=k)
-                if len(answers) == k:
-                    return answers
-                reason = f"{len(answers)} choices returned"
-            except openai.BadRequestError as exc:
-                reason = exc.message
-            with self._n_lock:
-                if self._n_supported:
-                    self._n_supported = False
-                    logger.warning("n=%d not usable (%s); one request per seed", k, reason)
-        return [self.chat(messages, temperature=1.0, seed=seed)[0] for seed in range(1, k + 1)]
-
-    def register(self, body: dict[str, Any], intervention: str | None) -> str:
-        if intervention is not None:
-            body = {**body, "intervention": intervention}
-        created = self.admin("POST", "/admin/targets", body, ok=(200, 201))
-        if not isinstance(created, dict) or "id" not in created:
-            raise EvalError(f"POST /admin/targets returned no id: {created!r:.200}")
-        return str(created["id"])
-
-    def wait_calibrated(self, keys_by_id: dict[str, str], timeout: float) -> None:
-        """Polls every target until its calibration is done; raises on failure or timeout."""
-        deadline = time.monotonic() + timeout
-        progress_by_id = dict.fromkeys(keys_by_id, 0.0)
-        bar = Progress("calibrating", 100, unit="%")
-        try:
-            while True:
-                for target_id in [t for t, p in progress_by_id.items() if p < 1.0]:
-                    target = self.admin("GET", f"/admin/targets/{target_id}")
-                    # A gateway that reports no calibration has nothing to wait for.
-                    calibration = target.get("calibration") if isinstance(target, dict) else None
-                    if not isinstance(calibration, dict):
-                        calibration = {"state": "done"}
-                    state = calibration.get("state")
-                    adapter = target.get("adapter") if isinstance(target, dict) else None
-                    adapter = adapter if isinstance(adapter, dict) else {"state": "none"}
-                    for job, what in ((calibration, "calibration"), (adapter, "adapter")):
-                        if job.get("state") == "failed":
-                            message = job.get("message") or "no message"
-                            key = keys_by_id[target_id]
-                            raise EvalError(f"{what} of target {key!r} failed: {message}")
-                    fraction = min(float(calibration.get("progress") or 0.0), 0.99)
-                    if adapter.get("state") == "training":  # a lora target: wait for it
-                        state = "training"
-                        fraction = 0.5 + 0.49 * float(adapter.get("progress") or 0.0)
-                    progress_by_id[target_id] = 1.0 if state == "done" else fraction
-                bar.update_to(int(100 * sum(progress_by_id.values()) / len(progress_by_id)))
-                if all(p >= 1.0 for p in progress_by_id.values()):
-                    return
-                if time.monotonic() > deadline:
-                    pending = [keys_by_id[t] for t, p in progress_by_id.items() if p < 1.0]
-                    raise EvalError(f"calibration not done after {timeout:g} s: {pending}")
-                time.sleep(1.0)
-        finally:
-            bar.close()
-
-
 def _evaluate(
-    gateway: _Gateway,
+    gateway: EvalGateway,
     pool: ThreadPoolExecutor,
     probe_set: ProbeSet,
     args: argparse.Namespace,
@@ -261,8 +117,11 @@ def _evaluate(
 
     start = time.monotonic()
     gateway.prepare()
-    before = parallel(pool, gateway.greedy, benign_msgs + probe_msgs, "bare model, greedy")
-    base_samples = parallel(pool, sampler, probe_msgs, f"bare model, {k} samples") if k else []
+    if args.baseline is not None:
+        before, base_samples = load_baseline(args.baseline, probe_set, gateway.model, args)
+    else:
+        before = parallel(pool, gateway.greedy, benign_msgs + probe_msgs, "bare model, greedy")
+        base_samples = parallel(pool, sampler, probe_msgs, f"bare model, {k} samples") if k else []
     phases["bare model"] = time.monotonic() - start
 
     start = time.monotonic()
@@ -319,6 +178,27 @@ def _evaluate(
     return probe_results, benign_results
 
 
+def load_baseline(
+    path: Path, probe_set: ProbeSet, model: str, args: argparse.Namespace
+) -> tuple[list[str], list[list[str]]]:
+    """Bare answers (benign then probes, greedy) and bare samples from an earlier --json."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        run, probes, benign = data["run"], data["probes"], data["benign"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvalError(f"cannot read the baseline {path}: {exc}") from exc
+    expected = {"model": model, "max_tokens": args.max_tokens, "samples": args.samples}
+    for key, value in expected.items():
+        if run.get(key) != value:
+            raise EvalError(f"baseline {path} has {key}={run.get(key)!r}, this run {value!r}")
+    texts = [p.text for p in probe_set.probes]
+    if [p.get("text") for p in probes] != texts or len(benign) != len(probe_set.benign):
+        raise EvalError(f"baseline {path} was made from another probe file")
+    before = [str(b["before"]) for b in benign] + [str(p["baseline_answer"]) for p in probes]
+    samples = [[str(s["answer"]) for s in p["baseline_samples"]] for p in probes]
+    return before, samples if args.samples else []
+
+
 def probe_fluency(probes: list[ProbeResult]) -> tuple[float | None, float | None]:
     """Mean perplexity under the bare model of the answers to flagged probes: the bare model's
     own answers, and the gateway's (gibberish scores far above both)."""
@@ -348,7 +228,7 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _cleanup(gateway: _Gateway, registered: list[str], keep: bool) -> None:
+def _cleanup(gateway: EvalGateway, registered: list[str], keep: bool) -> None:
     if keep:
         if registered:
             sys.stderr.write(f"lethe eval: kept targets {', '.join(registered)}\n")
@@ -380,7 +260,7 @@ def run_eval(args: argparse.Namespace) -> int:
         probe_set = load_probe_file(args.data)
     except ProbeFileError as exc:
         return _fail(str(exc))
-    gateway = _Gateway(args)
+    gateway = EvalGateway(args)
     pool = ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="lethe-eval")
     registered: list[str] = []
     phases: dict[str, float] = {}

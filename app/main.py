@@ -94,6 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch_size=lambda: services.engine.batch_size,
             queue_depth=lambda: services.engine.queue_depth,
             registry_targets=lambda: len(services.registry),
+            adapter_states=lambda: [
+                t.calibration.adapter.state.value for t in services.registry.list()
+            ],
         )
         services.calibrator.start()
         services.adapters.start()

@@ -102,12 +102,21 @@ class GatewayMetrics:
         batch_size: Callable[[], float],
         queue_depth: Callable[[], float],
         registry_targets: Callable[[], float],
+        adapter_states: Callable[[], list[str]] | None = None,
     ) -> None:
         """Read these gauges from live objects at scrape time (called once the app's
         services exist)."""
         self.engine_batch_size.set_function(batch_size)
         self.engine_queue_depth.set_function(queue_depth)
         self.registry_targets.set_function(registry_targets)
+        if adapter_states is not None:
+            states = adapter_states
+
+            def counter(state: str) -> Callable[[], float]:
+                return lambda: float(sum(s == state for s in states()))
+
+            for state in ("training", "ready", "failed"):
+                self.adapter_jobs.labels(state=state).set_function(counter(state))
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
