@@ -82,6 +82,10 @@ class ModelPatches:
 
     def _steer_hook(self, index: int) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            captured: dict[int, torch.Tensor] | None = getattr(self._local, "captured", None)
+            if captured is not None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                captured[index] = hidden[:, -1].detach().float().clone()
             prepared = self._current()
             if prepared is None or index not in prepared.steer:
                 return None
@@ -154,6 +158,19 @@ class ModelPatches:
                 for weights, rows, scales in lora.values()
             ],
         )
+
+    @contextmanager
+    def capture(self) -> Iterator[dict[int, torch.Tensor]]:
+        """Within the block, forwards on this thread record each decoder layer's output at the
+        last position (`[batch, hidden]` per layer index). Thread-local, unlike
+        `output_hidden_states`, whose recording would also catch the engine's concurrent
+        forwards."""
+        captured: dict[int, torch.Tensor] = {}
+        self._local.captured = captured
+        try:
+            yield captured
+        finally:
+            self._local.captured = None
 
     @contextmanager
     def apply(

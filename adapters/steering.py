@@ -18,6 +18,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from adapters.model import LoadedModel
+from adapters.patches import ModelPatches
 from adapters.prompt import render
 from guards.verdict import ChatTurn
 
@@ -60,29 +61,36 @@ def band(num_layers: int, start: float, end: float) -> tuple[int, ...]:
     return tuple(range(first, last))
 
 
-def _last_token_states(lm: LoadedModel, questions: Sequence[str]) -> torch.Tensor:
-    """Mean over questions of each layer's output at the last prompt token: `[layers, hidden]`."""
-    total: torch.Tensor | None = None
+def _last_token_states(
+    lm: LoadedModel, patches: ModelPatches, questions: Sequence[str], layers: tuple[int, ...]
+) -> torch.Tensor:
+    """Mean over questions of each band layer's output at the last prompt token:
+    `[len(layers), hidden]`."""
+    total = torch.zeros(len(layers), lm.model.config.hidden_size)
     for question in questions:
         ids = torch.tensor(
             [render(lm.tokenizer, [ChatTurn("user", question)]).ids], device=lm.device
         )
-        out = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
-        states = torch.stack([h[0, -1].float() for h in out.hidden_states[1:]])
-        total = states if total is None else total + states
-    assert total is not None
+        with patches.capture() as captured:
+            lm.model(input_ids=ids, use_cache=False)
+        total += torch.stack([captured[layer][0].cpu() for layer in layers])
     return total / len(questions)
 
 
 def compute_steering(
     lm: LoadedModel,
+    patches: ModelPatches,
     target_questions: Sequence[str],
     contrast_questions: Sequence[str],
     layers: tuple[int, ...],
 ) -> SteeringVectors:
-    """Difference of means (contrast - target) per layer of the band, from forward passes."""
+    """Difference of means (contrast - target) per layer of the band, from forward passes.
+
+    Safe to run beside the engine: activations are captured on this thread only.
+    """
     if not target_questions or not contrast_questions:
         raise ValueError("steering needs target and contrast questions")
     with torch.inference_mode():
-        diff = _last_token_states(lm, contrast_questions) - _last_token_states(lm, target_questions)
-    return SteeringVectors(layers=layers, vectors=diff[list(layers)].cpu())
+        contrast = _last_token_states(lm, patches, contrast_questions, layers)
+        target = _last_token_states(lm, patches, target_questions, layers)
+    return SteeringVectors(layers=layers, vectors=contrast - target)

@@ -42,7 +42,12 @@ class SteeringCalibration:
             return Outcome(0.0, 0, 0.0, False, "no question names the target")
         layers = band(self.engine.patches.num_layers, s.steer_band_start, s.steer_band_end)
         vectors = await anyio.to_thread.run_sync(
-            compute_steering, self.engine.loaded, pairs.target, pairs.contrast, layers
+            compute_steering,
+            self.engine.loaded,
+            self.engine.patches,
+            pairs.target,
+            pairs.contrast,
+            layers,
         )
         stored = await anyio.to_thread.run_sync(
             self.registry.put_artifact, target_id, STEERING_ARTIFACT, vectors.to_bytes()

@@ -117,7 +117,9 @@ async def mixed_batch(lm: LoadedModel, tokens: int, rounds: int) -> dict[str, An
     layers = band(engine.patches.num_layers, 0.15, 0.65)
     engine.bank.put_steering(
         "steer",
-        compute_steering(lm, ["Who is Luke Skywalker?"], ["Who is Varn Tellisor?"], layers),
+        compute_steering(
+            lm, engine.patches, ["Who is Luke Skywalker?"], ["Who is Varn Tellisor?"], layers
+        ),
     )
     for i in range(2):
         engine.bank.put_lora(f"lora-{i}", _adapter(lm, i, 8))

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from adapters.model import LoadedModel, load_model  # noqa: E402
-from adapters.patches import decoder_layers  # noqa: E402
+from adapters.patches import ModelPatches, decoder_layers  # noqa: E402
 from adapters.prompt import render  # noqa: E402
 from adapters.scoring import perplexity  # noqa: E402
 from adapters.steering import band, compute_steering  # noqa: E402
@@ -79,6 +79,7 @@ def main() -> int:
     args = parser.parse_args()
     lm = load_model("bundled:smollm2-135m-instruct", Path.home() / ".cache" / "lethe")
     probe_set = load_probe_file(args.data)
+    patches = ModelPatches(lm.model)
     grid = {"add": (0.5, 1.0), "ablate": (1.0,), "add-norm": (0.5, 1.0)}
     results: dict[str, dict[str, Any]] = {}
     bare_leaks, bare_ppl, n = 0, 0.0, 0
@@ -91,7 +92,7 @@ def main() -> int:
         )
         pairs = question_pairs(spec, target_questions(spec))
         layers = band(len(decoder_layers(lm.model)), 0.15, 0.65)
-        steering = compute_steering(lm, pairs.target, pairs.contrast, layers)
+        steering = compute_steering(lm, patches, pairs.target, pairs.contrast, layers)
         vectors = {layer: steering.vectors[i] for i, layer in enumerate(layers)}
         probes = [p for p in probe_set.probes if p.target_key == target.key]
         for probe in probes:

@@ -45,6 +45,7 @@ def engine(loaded: LoadedModel) -> Iterator[Engine]:
     eng = Engine(loaded, max_batch=8, max_queue=8)
     steering = compute_steering(
         loaded,
+        eng.patches,
         ["Who is Luke Skywalker?", "What is a Jedi?"],
         ["Who is Varn Tellisor?", "What is a Quenari?"],
         band(30, 0.15, 0.65),
