@@ -196,6 +196,8 @@ class TargetCalibrator:
                     return
                 changes["auto_method"] = choose_auto(steered, eco)
                 message += f"; auto -> {changes['auto_method']}"
+        if wanted is Intervention.LORA and self.adapters is not None:
+            self.adapters.submit(target_id)  # marked training before calibration reads done
         await self._update(
             target_id,
             state=CalibrationState.DONE,
@@ -203,6 +205,4 @@ class TargetCalibrator:
             message=message,
             **changes,
         )
-        if wanted is Intervention.LORA and self.adapters is not None:
-            self.adapters.submit(target_id)
         logger.info("target %s calibrated: %s", target_id, {k: str(v) for k, v in changes.items()})
