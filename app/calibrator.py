@@ -192,8 +192,6 @@ class TargetCalibrator:
             message += f"; steering: {steered.note}"
             if wanted is Intervention.AUTO:
                 eco = await search.measure(self._eco_probe_plan, sigma)
-                if eco is None:
-                    return
                 changes["auto_method"] = choose_auto(steered, eco)
                 message += f"; auto -> {changes['auto_method']}"
         if wanted is Intervention.LORA and self.adapters is not None:

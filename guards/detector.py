@@ -122,7 +122,7 @@ class Detector:
             weight = self.registry.threshold_config.benign_weight
             # Rare names/numbers the model itself associates with a target ("1687" for
             # Newton) add to the window score of the windows that contain them.
-            with_facts = [t for t in self.registry.list() if t.calibration.fact_terms]
+            with_facts = self.registry.fact_targets()
             facts = [self._fact_hits(w.text, with_facts) for _, w in windows]
             best: dict[str, tuple[float, int]] = {}
             for hit in self.registry.index.search(vectors, self.top_k):

@@ -7,17 +7,19 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
 from guards.aliases import AliasMatcher
 from guards.calibration import BenignCorpus, ThresholdConfig, calibrate_threshold
-from guards.embedder import Embedder
+from guards.embedder import Embedder, Vectors
 from guards.index import FaissVectorIndex, VectorIndex
 from guards.store import TargetStore
 from guards.targets import Calibration, Target, TargetSpec
+from guards.vector_blob import pack_vectors, unpack_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,22 @@ logger = logging.getLogger(__name__)
 def matcher_aliases(spec: TargetSpec) -> list[str]:
     """Strings whose mention in a conversation flags the target: name, aliases, redact strings."""
     return [*spec.all_aliases(), *spec.redact]
+
+
+@dataclass(frozen=True)
+class RegistryEvent:
+    """A change the registry took from elsewhere (another replica), once it is enforced.
+
+    `put`: the target is new or its spec/calibration changed; `remove`: it is gone; `artifact`:
+    its stored artifact `artifact` (steering vectors, LoRA weights) changed.
+    """
+
+    kind: Literal["put", "remove", "artifact"]
+    target_id: str
+    artifact: str | None = None
+
+
+RegistryListener = Callable[[RegistryEvent], None]
 
 
 class Registry:
@@ -56,6 +74,10 @@ class Registry:
         self.aliases = AliasMatcher()
         self._targets: dict[str, Target] = {}
         self._write_lock = threading.Lock()
+        self._listeners: list[RegistryListener] = []
+        # Per-request views over all targets, rebuilt after a change (generation-checked).
+        self._generation = 0
+        self._views: tuple[int, tuple[Target, ...], tuple[str, ...]] | None = None
 
     # --- reads ----------------------------------------------------------------------
     def get(self, target_id: str) -> Target | None:
@@ -69,6 +91,42 @@ class Registry:
     def __len__(self) -> int:
         return len(self._targets)
 
+    def _view(self) -> tuple[tuple[Target, ...], tuple[str, ...]]:
+        views = self._views
+        generation = self._generation
+        if views is None or views[0] != generation:
+            targets = list(self._targets.values())
+            facts = tuple(t for t in targets if t.calibration.fact_terms)
+            redact = tuple(s for t in self.list() for s in t.spec.redact)
+            views = (generation, facts, redact)
+            self._views = views
+        return views[1], views[2]
+
+    def fact_targets(self) -> tuple[Target, ...]:
+        """Live targets that have fact terms (the detector checks these on every request)."""
+        return self._view()[0]
+
+    def redact_strings(self) -> tuple[str, ...]:
+        """Every live target's never-emit strings, oldest target first."""
+        return self._view()[1]
+
+    def _changed(self) -> None:
+        self._generation += 1
+
+    # --- listeners --------------------------------------------------------------------
+    def add_listener(self, listener: RegistryListener) -> None:
+        """Call `listener` after every change applied from elsewhere (`apply`, `forget`,
+        `artifact_changed`); this registry's own writes do not call it. Listeners run on the
+        thread that applied the change and must not raise."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: RegistryEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("registry listener failed on %s %s", event.kind, event.target_id)
+
     # --- derived state --------------------------------------------------------------
     def _threshold(self, target: Target, vectors: np.ndarray) -> float:
         scores = self.corpus.prompt_scores(vectors, self.threshold_config.benign_weight)
@@ -81,13 +139,31 @@ class Registry:
         self.index.add(target.id, vectors)
         self.aliases.add(target.id, matcher_aliases(target.spec))
         self._targets[target.id] = target
+        self._changed()
+
+    def _pack(self, target: Target, vectors: Vectors) -> bytes:
+        return pack_vectors(vectors, self.embedder.name, target.vector_texts())
+
+    def stored_vectors(self, target: Target, blob: bytes | None) -> Vectors | None:
+        """The target's vectors from a store's packed blob, when they embed its current texts
+        with this registry's embedder; None otherwise (embed them instead)."""
+        if blob is None:
+            return None
+        return unpack_vectors(blob, self.embedder.name, target.vector_texts())
+
+    def vectors_for(self, target: Target, blob: bytes | None = None) -> Vectors:
+        """The target's index vectors: from `blob` when it is current, else embedded."""
+        vectors = self.stored_vectors(target, blob)
+        if vectors is None:
+            vectors = self.embedder.encode(target.vector_texts())
+        return vectors
 
     # --- writes ---------------------------------------------------------------------
     def load(self) -> builtins.list[Target]:
         """Rebuild the in-memory index from the store (at start-up)."""
         targets = self.store.list()
         for target in targets:
-            self._enforce(target, self.embedder.encode(target.vector_texts()))
+            self._enforce(target, self.vectors_for(target, self.store.get_vectors(target.id)))
         logger.info("registry loaded: %d targets, %d vectors", len(targets), len(self.index))
         return targets
 
@@ -100,7 +176,7 @@ class Registry:
             Calibration(threshold=threshold, eco_sigma=self.default_sigma)
         )
         with self._write_lock:
-            self.store.add(target)
+            self.store.add(target, vectors=self._pack(target, vectors))
             self._enforce(target, vectors)
         logger.info("target %s registered (threshold %.3f)", target.id, threshold)
         return target
@@ -127,12 +203,14 @@ class Registry:
             calibration = replace(current.calibration, **changes)
             if threshold is not None:
                 calibration = replace(calibration, threshold=threshold)
-            if not self.store.update_calibration(target_id, calibration):
+            target = current.with_calibration(calibration)
+            blob = None if vectors is None else self._pack(target, vectors)
+            if not self.store.update_calibration(target_id, calibration, vectors=blob):
                 return None
             if vectors is not None:
                 self.index.add(target_id, vectors)
-            target = current.with_calibration(calibration)
             self._targets[target_id] = target
+            self._changed()
         return target
 
     def put_artifact(self, target_id: str, kind: str, data: bytes) -> bool:
@@ -153,6 +231,64 @@ class Registry:
             known = self._targets.pop(target_id, None) is not None
             self.index.remove(target_id)
             self.aliases.remove(target_id)
+            self._changed()
         if removed or known:
             logger.info("target %s deleted", target_id)
         return removed or known
+
+    # --- changes made elsewhere -------------------------------------------------------
+    def apply(
+        self,
+        target: Target,
+        vectors: Vectors | None = None,
+        *,
+        is_current: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Enforce a target as another replica stored it, without writing to the store.
+
+        `vectors` are its index vectors (embedded here when None and its texts changed).
+        `is_current`, called under the write lock, says whether this state is still the newest
+        this replica knows (a local write may have overtaken it); False skips the change.
+        Listeners hear a `put` once it is enforced. Returns whether it was applied.
+
+        Example:
+            >>> registry.apply(target_from_another_replica)  # doctest: +SKIP
+            True
+        """
+        current = self._targets.get(target.id)
+        texts = target.vector_texts()
+        if vectors is None and (current is None or current.vector_texts() != texts):
+            vectors = self.embedder.encode(texts)
+        with self._write_lock:
+            if is_current is not None and not is_current():
+                return False
+            current = self._targets.get(target.id)
+            if current is None or current.vector_texts() != texts:
+                if vectors is None:  # its texts changed meanwhile
+                    vectors = self.embedder.encode(texts)
+                self.index.add(target.id, vectors)
+            if current is None or current.spec != target.spec:
+                self.aliases.add(target.id, matcher_aliases(target.spec))
+            self._targets[target.id] = target
+            self._changed()
+        self._notify(RegistryEvent("put", target.id))
+        return True
+
+    def forget(self, target_id: str, *, is_current: Callable[[], bool] | None = None) -> bool:
+        """Stop enforcing a target another replica deleted, without writing to the store;
+        `is_current` as in `apply`. Listeners hear a `remove`. True when it was known here."""
+        with self._write_lock:
+            if is_current is not None and not is_current():
+                return False
+            known = self._targets.pop(target_id, None) is not None
+            self.index.remove(target_id)
+            self.aliases.remove(target_id)
+            self._changed()
+        if known:
+            self._notify(RegistryEvent("remove", target_id))
+        return known
+
+    def artifact_changed(self, target_id: str, kind: str) -> None:
+        """Tell listeners that another replica stored a target's `kind` artifact."""
+        if target_id in self._targets:
+            self._notify(RegistryEvent("artifact", target_id, kind))

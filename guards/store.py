@@ -25,16 +25,29 @@ class StoreError(RuntimeError):
     """The registry store cannot be opened or used; the message says why and where."""
 
 
-class TargetStore(Protocol):
-    """Durable registry storage. Every write is atomic: a target is fully there or not at all."""
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (a shared registry's server is down or slow);
+    the write that raised this did not happen."""
 
-    def add(self, target: Target) -> None: ...
-    def update_calibration(self, target_id: str, calibration: Calibration) -> bool: ...
+
+class TargetStore(Protocol):
+    """Durable registry storage. Every write is atomic: a target is fully there or not at all.
+
+    `vectors` are the target's packed index vectors (guards.vector_blob): a store shared by
+    several replicas keeps them, so that the others index a change without embedding it; a
+    store serving one process may ignore them (`get_vectors` then answers None).
+    """
+
+    def add(self, target: Target, vectors: bytes | None = None) -> None: ...
+    def update_calibration(
+        self, target_id: str, calibration: Calibration, vectors: bytes | None = None
+    ) -> bool: ...
     def remove(self, target_id: str) -> bool: ...
     def get(self, target_id: str) -> Target | None: ...
     def list(self) -> list[Target]: ...
     def put_artifact(self, target_id: str, kind: str, data: bytes) -> bool: ...
     def get_artifact(self, target_id: str, kind: str) -> bytes | None: ...
+    def get_vectors(self, target_id: str) -> bytes | None: ...
     def close(self) -> None: ...
 
 
@@ -161,8 +174,9 @@ class SqliteTargetStore:
                 raise StoreError(f"registry write failed: {exc}") from exc
             return cur.rowcount
 
-    def add(self, target: Target) -> None:
-        """Insert a target in one transaction."""
+    def add(self, target: Target, vectors: bytes | None = None) -> None:
+        """Insert a target in one transaction (`vectors` are not kept: one process re-embeds
+        at start-up)."""
         self._write(
             "INSERT INTO targets (id, created_at, spec, calibration) VALUES (?, ?, ?, ?)",
             (
@@ -173,7 +187,9 @@ class SqliteTargetStore:
             ),
         )
 
-    def update_calibration(self, target_id: str, calibration: Calibration) -> bool:
+    def update_calibration(
+        self, target_id: str, calibration: Calibration, vectors: bytes | None = None
+    ) -> bool:
         """Replace a target's derived state; False when the target is gone."""
         n = self._write(
             "UPDATE targets SET calibration = ? WHERE id = ?",
@@ -215,6 +231,10 @@ class SqliteTargetStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"registry database {self.path} cannot be read: {exc}") from exc
         return None if row is None else bytes(row[0])
+
+    def get_vectors(self, target_id: str) -> bytes | None:
+        """None: this store does not keep vectors (see `add`)."""
+        return None
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Target]:
         with self._lock:
@@ -261,4 +281,8 @@ def open_store(url: str, *, create: bool = True) -> TargetStore:
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         return SqliteTargetStore.open(url, create=create)
+    if scheme in ("redis", "rediss", "unix"):
+        from guards.redis_store import RedisTargetStore
+
+        return RedisTargetStore.open(url, create=create)
     raise StoreError(f"unsupported registry URL scheme {scheme!r} in {url!r}")
