@@ -40,7 +40,18 @@ class _Prepared:
     """One forward's effects, grouped for the hooks: index tensors and stacked deltas."""
 
     steer: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (rows [k], vectors [k, 1, H])
-    lora: list[tuple[LoraWeights, torch.Tensor, torch.Tensor]]  # (weights, rows [k], scales)
+    adapters: tuple[LoraWeights, ...]  # the distinct adapters of this forward
+    coef: torch.Tensor | None  # [batch, adapters]: scale x scaling where a row uses one, else 0
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """One layer's factors of several adapters side by side (multi-LoRA in two matmuls)."""
+
+    a: torch.Tensor  # [sum of ranks, in]
+    b: torch.Tensor  # [out, sum of ranks]
+    owner: torch.Tensor  # [sum of ranks]: which adapter each rank column belongs to
+    adapters: tuple[LoraWeights, ...]  # kept alive so their ids stay unique in the cache key
 
 
 def decoder_layers(model: Any) -> nn.ModuleList:
@@ -66,6 +77,7 @@ class ModelPatches:
         self.layers = decoder_layers(model)
         self._local = threading.local()
         self._lora_hooked: set[str] = set()
+        self._stack_cache: dict[tuple[str, tuple[int, ...]], _Stacked | None] = {}
         self._hook_lock = threading.Lock()
         self._modules = dict(model.named_modules())
         for index, layer in enumerate(self.layers):
@@ -98,22 +110,45 @@ class ModelPatches:
 
         return hook
 
+    def _stacked(self, name: str, adapters: tuple[LoraWeights, ...]) -> _Stacked | None:
+        """The adapters' factors for one layer, concatenated along the rank (cached while the
+        set of adapters in the batch stays the same; never for weights being trained)."""
+        trainable = any(a.modules[name][0].requires_grad for a in adapters if name in a.modules)
+        key = (name, tuple(id(a) for a in adapters))
+        if not trainable and key in self._stack_cache:
+            return self._stack_cache[key]
+        parts = [(i, w.modules[name]) for i, w in enumerate(adapters) if name in w.modules]
+        stacked = None
+        if parts:
+            device = parts[0][1][0].device
+            stacked = _Stacked(
+                a=torch.cat([a for _, (a, _) in parts], dim=0),
+                b=torch.cat([b for _, (_, b) in parts], dim=1),
+                owner=torch.tensor(
+                    [i for i, (a, _) in parts for _ in range(a.shape[0])], device=device
+                ),
+                adapters=adapters,
+            )
+        if not trainable:
+            if len(self._stack_cache) > 4096:  # adapter sets churn: start over
+                self._stack_cache.clear()
+            self._stack_cache[key] = stacked
+        return stacked
+
     def _lora_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> Any:
             prepared = self._current()
-            if prepared is None or not prepared.lora:
+            if prepared is None or prepared.coef is None:
                 return None
-            x = args[0]
-            for weights, rows, scales in prepared.lora:
-                pair = weights.modules.get(name)
-                if pair is None:
-                    continue
-                a, b = pair
-                picked = x.index_select(0, rows)
-                delta = (picked.to(a.dtype) @ a.T) @ b.T
-                delta = delta * (scales * weights.scaling).view(-1, *([1] * (delta.dim() - 1)))
-                output = output.index_add(0, rows, delta.to(output.dtype))
-            return output
+            stacked = self._stacked(name, prepared.adapters)
+            if stacked is None:
+                return None
+            # Every row through the same two small matmuls; a row's coefficients are zero on
+            # the rank columns of adapters it does not use (all of them for unflagged rows).
+            coef = prepared.coef.index_select(1, stacked.owner).to(stacked.a.dtype)
+            coef = coef.view(coef.shape[0], *([1] * (output.dim() - 2)), coef.shape[1])
+            delta = ((args[0].to(stacked.a.dtype) @ stacked.a.T) * coef) @ stacked.b.T
+            return output + delta.to(output.dtype)
 
         return hook
 
@@ -131,7 +166,7 @@ class ModelPatches:
 
     def _prepare(self, effects: Sequence[RowEffect | None], device: torch.device) -> _Prepared:
         steer: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
-        lora: dict[int, tuple[LoraWeights, list[int], list[float]]] = {}
+        adapters: dict[int, LoraWeights] = {}
         for row, effect in enumerate(effects):
             if effect is None:
                 continue
@@ -139,11 +174,17 @@ class ModelPatches:
                 rows, vectors = steer.setdefault(layer, ([], []))
                 rows.append(row)
                 vectors.append(vector)
-            if effect.lora is not None:
+            if effect.lora is not None and id(effect.lora) not in adapters:
                 self.ensure_lora_hooks(effect.lora)
-                _, rows_l, scales = lora.setdefault(id(effect.lora), (effect.lora, [], []))
-                rows_l.append(row)
-                scales.append(effect.lora_scale)
+                adapters[id(effect.lora)] = effect.lora
+        order = {key: i for i, key in enumerate(adapters)}
+        coef = None
+        if adapters:
+            coef = torch.zeros(len(effects), len(adapters), device=device)
+            for row, effect in enumerate(effects):
+                if effect is not None and effect.lora is not None:
+                    column = order[id(effect.lora)]
+                    coef[row, column] = effect.lora_scale * effect.lora.scaling
 
         def index(rows: list[int]) -> torch.Tensor:
             return torch.tensor(rows, dtype=torch.long, device=device)
@@ -153,10 +194,8 @@ class ModelPatches:
                 layer: (index(rows), torch.stack(vectors).unsqueeze(1).to(device))
                 for layer, (rows, vectors) in steer.items()
             },
-            lora=[
-                (weights, index(rows), torch.tensor(scales, device=device))
-                for weights, rows, scales in lora.values()
-            ],
+            adapters=tuple(adapters.values()),
+            coef=coef,
         )
 
     @contextmanager
