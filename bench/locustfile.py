@@ -30,7 +30,10 @@ from locust.env import Environment
 
 MODEL = os.environ.get("LETHE_LOAD_MODEL", "smollm2-135m-instruct")
 MAX_TOKENS = int(os.environ.get("LETHE_LOAD_MAX_TOKENS", "32"))
-_METRIC = re.compile(r'^lethe_chat_requests_total\{action="([^"]+)"\} ([0-9.e+]+)$', re.M)
+# Intervened requests: flagged by the detector, or re-run after the answer audit.
+_METRIC = re.compile(
+    r'^lethe_(?:chat_requests|answer_audit_reruns)_total\{action="([^"]+)"\} ([0-9.e+]+)$', re.M
+)
 
 
 @dataclass
