@@ -24,6 +24,7 @@ from adapters.prompt import render
 from app.settings import Settings
 from guards.contrast import forget_questions, ignorance_answers
 from guards.registry import Registry
+from guards.store import StoreError
 from guards.targets import AdapterInfo, AdapterState, Target
 from guards.verdict import ChatTurn, Plan
 
@@ -76,7 +77,12 @@ class AdapterTrainer:
                 logger.info("adapter training for %s stopped: target deleted", target_id)
             except Exception as exc:
                 logger.exception("adapter training for %s failed", target_id)
-                self._set(target_id, state=AdapterState.FAILED, message=str(exc)[:200], eta_s=None)
+                try:
+                    self._set(
+                        target_id, state=AdapterState.FAILED, message=str(exc)[:200], eta_s=None
+                    )
+                except StoreError:  # the store is down too: the worker must live on
+                    logger.warning("could not record the failed adapter job of %s", target_id)
 
     def _set(self, target_id: str, **changes: object) -> Target | None:
         target = self.registry.get(target_id)

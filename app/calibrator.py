@@ -33,6 +33,7 @@ from guards.contrast import target_questions
 from guards.detector import Detector
 from guards.leak_terms import answer_terms, corpus_vocabulary, derive_leak_terms, leaks, words
 from guards.registry import Registry
+from guards.store import StoreError
 from guards.targets import CalibrationState, Intervention, Target
 from guards.verdict import ChatTurn, Plan, Span, noise_seed
 
@@ -104,7 +105,12 @@ class TargetCalibrator:
                 raise
             except Exception as exc:
                 logger.exception("calibration of %s failed", target_id)
-                await self._update(target_id, state=CalibrationState.FAILED, message=str(exc)[:200])
+                try:
+                    await self._update(
+                        target_id, state=CalibrationState.FAILED, message=str(exc)[:200]
+                    )
+                except StoreError:  # the store is down too: the worker must live on
+                    logger.warning("could not record the failed calibration of %s", target_id)
 
     async def _update(
         self, target_id: str, recalibrate: bool = False, **changes: Any

@@ -183,7 +183,7 @@ class ChatService:
             n=n,
             stream=bool(req.stream),
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
-            redact=tuple(s for t in self.registry.list() for s in t.spec.redact),
+            redact=self.registry.redact_strings(),
         )
 
     # --- generation ---------------------------------------------------------------
@@ -221,7 +221,9 @@ class ChatService:
             chat.id,
             describe(verdict),
         )
-        return Plan.for_whole_turns(verdict, chat.turns, noise_seed(chat.turns))
+        plan = Plan.for_whole_turns(verdict, chat.turns, noise_seed(chat.turns))
+        self.metrics.answer_audit_reruns.labels(action=plan.action).inc()
+        return plan
 
     def _redactors(self, chat: PreparedChat) -> list[Redactor]:
         return [Redactor(chat.redact, self.settings.redaction_placeholder) for _ in range(chat.n)]

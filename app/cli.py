@@ -4,24 +4,50 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 
 def _serve(args: argparse.Namespace) -> int:
+    # NOTE: numpy's OpenBLAS threads spin after every call and take the cores torch needs for
+    # the detector's embedder and the model; the gateway's numpy work is small matrices. One
+    # thread cut the detector's one-window p99 from ~34 ms to ~20 ms on 2 cores
+    # (bench/registry.py scale). It must be set before numpy loads, hence here.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import uvicorn
 
     from app.logging_setup import configure_logging
-    from app.main import create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
+    if args.workers > 1 and not settings.resolved_registry_url().startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        sys.stderr.write(
+            "lethe serve: --workers > 1 needs a shared registry (LETHE_REGISTRY_URL=redis://...):"
+            " with SQLite each worker would enforce only the targets registered through it\n"
+        )
+        return 2
+    if args.workers > 1:
+        # Each worker process builds its own app (settings from the environment) and follows
+        # the shared registry; uvicorn needs an import string to start them.
+        app: str | FastAPI = "app.main:create_app"
+    else:
+        from app.main import create_app
+
+        app = create_app(settings)
     # log_config=None: uvicorn's own loggers propagate to the handler configured above.
     uvicorn.run(
         app,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -51,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (settings from LETHE_* env vars)")
     serve.add_argument("--host", default=None, help="bind address (LETHE_HOST)")
     serve.add_argument("--port", type=int, default=None, help="bind port (LETHE_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (each loads the model); more than one needs a Redis registry",
+    )
     serve.set_defaults(func=_serve)
     ev = sub.add_parser("eval", help="evaluate a running gateway on a probe file")
     add_eval_arguments(ev)

@@ -17,6 +17,7 @@ from app.metrics import GatewayMetrics
 from app.settings import Settings
 from guards.detector import Detector
 from guards.registry import Registry
+from guards.sync import RegistrySync
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Services:
     adapters: AdapterTrainer
     started_at: float
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)  # the app's, from create_app
+    sync: RegistrySync | None = None  # follows the shared registry (Redis); None for SQLite
 
 
 def get_services(request: Request) -> Services:

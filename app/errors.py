@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from guards.store import StoreUnavailable
+
 logger = logging.getLogger(__name__)
 
 
@@ -136,6 +138,22 @@ def install_error_handlers(app: FastAPI) -> None:
             error_payload(exc.message, exc.type, exc.param, exc.code),
             status_code=exc.status_code,
             headers=headers,
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _registry_unreachable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # The detail names hosts: logged, not sent. Writes are atomic, so nothing was changed.
+        logger.warning("registry write refused: %s", exc)
+        return JSONResponse(
+            error_payload(
+                "the target registry is unreachable, so nothing was changed; retry once "
+                "/health reports status ok",
+                "server_error",
+                None,
+                "registry_unavailable",
+            ),
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(RequestValidationError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,11 +23,14 @@ from app.limits import ClientGuard, require_client
 from app.logging_setup import configure_logging
 from app.metrics import GatewayMetrics
 from app.middleware import install_middleware
+from app.replication import intervention_listener, start_sync
 from app.routes import admin, health, metrics, openai
 from app.settings import Settings
 from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
 from guards.detector import Detector
 from guards.embedder import SentenceEmbedder
+from guards.index import FaissVectorIndex
+from guards.redis_store import RedisTargetStore
 from guards.registry import Registry
 from guards.store import open_store
 from guards.targets import CalibrationState
@@ -54,8 +58,17 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
             margin=settings.detector_margin,
         ),
         default_sigma=settings.eco_default_sigma,
+        index=FaissVectorIndex(
+            embedder.dim, exact_max=settings.index_exact_max_vectors, nprobe=settings.index_nprobe
+        ),
     )
-    registry.load()
+    metrics = metrics or GatewayMetrics()
+    # A shared registry is loaded from Redis and then followed (app/replication.py).
+    sync = None
+    if isinstance(store, RedisTargetStore):
+        sync = start_sync(registry, store, settings, metrics)
+    if sync is None:
+        registry.load()
     loaded = load_model(settings.model, settings.cache_dir, settings.device, settings.model_name)
     engine = Engine(loaded, max_batch=settings.max_batch, max_queue=settings.max_queue)
     detector = Detector(
@@ -66,7 +79,9 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
     )
     adapters = AdapterTrainer(engine, registry, settings)
     load_interventions(registry, engine, settings, resubmit=adapters.submit)
-    metrics = metrics or GatewayMetrics()
+    if sync is not None:
+        registry.add_listener(intervention_listener(registry, engine, settings))
+        sync.start()
     return Services(
         settings=settings,
         engine=engine,
@@ -77,6 +92,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
         adapters=adapters,
         started_at=time.time(),
         metrics=metrics,
+        sync=sync,
     )
 
 
@@ -90,6 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await anyio.to_thread.run_sync(build_services, settings, gateway_metrics)
         app.state.services = services
+        # What start-up built (model, corpus, the registry's targets and matcher) lives as long
+        # as the process: keep it out of the collector's full passes, which took 0.5 s over a
+        # 20,000-target registry (bench/registry.py), a stall for every request in flight.
+        gc.freeze()
         gateway_metrics.watch(
             batch_size=lambda: services.engine.batch_size,
             queue_depth=lambda: services.engine.queue_depth,
@@ -98,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 t.calibration.adapter.state.value for t in services.registry.list()
             ],
         )
-        services.calibrator.start()
+        services.calibrator.start(settings.calibration_workers)
         services.adapters.start()
         for target in services.registry.list():
             if target.calibration.state != CalibrationState.DONE:
@@ -110,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.calibrator.stop()
             await services.adapters.stop()
             services.engine.close()
+            if services.sync is not None:
+                services.sync.stop()
             services.registry.store.close()
 
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan)

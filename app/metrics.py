@@ -61,6 +61,13 @@ class GatewayMetrics:
             ["action"],
             registry=r,
         )
+        self.answer_audit_reruns = Counter(
+            "lethe_answer_audit_reruns",
+            "Unflagged requests whose answer named a target and were re-run with the "
+            "intervention, by its action.",
+            ["action"],
+            registry=r,
+        )
         self.detector_latency = Histogram(
             "lethe_detector_inspect_duration_seconds",
             "Time the detector took to inspect one conversation.",
@@ -87,6 +94,11 @@ class GatewayMetrics:
         self.propagation_lag = Gauge(
             "lethe_registry_propagation_lag_seconds",
             "Delay between a registry change and this replica enforcing it (last change).",
+            registry=r,
+        )
+        self.registry_staleness = Gauge(
+            "lethe_registry_staleness_seconds",
+            "Seconds since this replica last knew it held every change of the shared registry.",
             registry=r,
         )
         self.adapter_jobs = Gauge(

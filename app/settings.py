@@ -50,13 +50,36 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Folder for the embedded registry database.")
     registry_url: str | None = Field(
         None,
-        description="Where targets are stored: 'sqlite:///path/to/registry.db'. "
-        "Defaults to sqlite:///<data_dir>/registry.db.",
+        description="Where targets are stored: 'sqlite:///path/to/registry.db' (one process), "
+        "or 'redis://host:port/db' (rediss:// for TLS) for a registry shared by every replica "
+        "and `lethe serve --workers N`, kept in step through Redis; redis-py query options such "
+        "as ?socket_timeout=5 apply. Defaults to sqlite:///<data_dir>/registry.db.",
     )
     registry_create: bool = Field(
         True,
         description="Create the registry database when it does not exist. Set false on a "
-        "replica that must find an existing registry: a missing file is then a start-up error.",
+        "replica that must find an existing registry: a missing file (or a Redis without a "
+        "registry) is then a start-up error.",
+    )
+    fail_closed: bool = Field(
+        False,
+        description="Shared registry only: answer chat requests 503 while this replica's copy "
+        "of the registry is staler than LETHE_MAX_STALENESS_S (Redis unreachable), instead of "
+        "serving with the last registry it had.",
+    )
+    max_staleness_s: float = Field(
+        30.0,
+        gt=0,
+        description="Shared registry only: seconds since the replica last knew it held every "
+        "registry change past which /health reports degraded and, with LETHE_FAIL_CLOSED, chat "
+        "requests are refused.",
+    )
+    calibration_workers: int = Field(
+        2,
+        ge=0,
+        description="Targets this replica calibrates at once in the background (expansion, "
+        "strength searches). 0 leaves targets registered here at their registration-time "
+        "threshold and default ECO strength: for serve-only replicas or tests.",
     )
 
     # --- HTTP ---------------------------------------------------------------------
@@ -165,6 +188,19 @@ class Settings(BaseSettings):
     )
     detector_margin: float = Field(
         0.02, ge=0, description="Added to the calibrated corpus quantile."
+    )
+    index_exact_max_vectors: int = Field(
+        20_000,
+        ge=0,
+        description="Target vectors up to which the detector's index searches exactly; past it "
+        "the index becomes an inverted file (faiss IVF, retrained in the background as it "
+        "grows). See docs/benchmarks.md for the measurements behind the default.",
+    )
+    index_nprobe: int = Field(
+        32,
+        ge=1,
+        description="Inverted-file lists each detector query visits: recall against latency "
+        "once the index is past LETHE_INDEX_EXACT_MAX_VECTORS.",
     )
     detector_window_words: int = Field(
         24,

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+from tqdm import tqdm
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,6 +49,40 @@ def _sample_memory(
         if value is not None:
             out.append((round(time.monotonic() - start, 1), value))
         stop.wait(interval)
+
+
+def _admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {os.environ['LETHE_ADMIN_TOKEN']}"}
+
+
+def register_targets(host: str, probes: Path, timeout: float = 1800.0) -> list[str]:
+    """Register the probe file's targets and wait for their calibration (progress bar)."""
+    data = json.loads(probes.read_text())
+    ids = []
+    for target in data["targets"]:
+        resp = httpx.post(f"{host}/admin/targets", json=target["register"], headers=_admin())
+        resp.raise_for_status()
+        ids.append(resp.json()["id"])
+    deadline = time.monotonic() + timeout
+    with tqdm(total=100 * len(ids), desc="calibrating targets", unit="%") as bar:
+        while time.monotonic() < deadline:
+            states = [
+                httpx.get(f"{host}/admin/targets/{i}", headers=_admin()).json()["calibration"]
+                for i in ids
+            ]
+            done = sum(100 if c["state"] in ("done", "failed") else int(100 * c["progress"])
+                       for c in states)  # fmt: skip
+            bar.update(done - bar.n)
+            if all(c["state"] in ("done", "failed") for c in states):
+                break
+            time.sleep(2)
+    return ids
+
+
+def delete_targets(host: str, ids: list[str]) -> None:
+    """Remove what `register_targets` added."""
+    for target_id in ids:
+        httpx.delete(f"{host}/admin/targets/{target_id}", headers=_admin())
 
 
 def _stats(path: Path) -> dict[str, dict[str, Any]]:
@@ -84,6 +121,7 @@ def main() -> int:
         sys.stderr.write("--soak needs --gateway-pid\n")
         return 1
 
+    targets = register_targets(args.host, Path(args.probes))
     memory: list[tuple[float, float]] = []
     stop = threading.Event()
     sampler = None
@@ -102,8 +140,11 @@ def main() -> int:
             "--lethe-report", str(report),
         ]  # fmt: skip
         started = time.monotonic()
-        code = subprocess.run(command, cwd=ROOT, check=False).returncode
-        stop.set()
+        try:
+            code = subprocess.run(command, cwd=ROOT, check=False).returncode
+        finally:
+            stop.set()
+            delete_targets(args.host, targets)
         if sampler is not None:
             sampler.join()
         if not report.exists():

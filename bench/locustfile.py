@@ -4,9 +4,10 @@ Run it through bench/loadtest.py, which starts Locust headless and writes the su
 
     LETHE_ADMIN_TOKEN=... .venv/bin/python bench/loadtest.py --host http://127.0.0.1:8000
 
-At test start the probe file's targets are registered (and deleted at the end); probes are
-sent against them while benign and streaming users run and an admin user registers and deletes
-throwaway targets. Enforcement is measured two ways: the gateway's own count of intervened
+bench/loadtest.py registers the probe file's targets and waits for their calibration
+before the timed run (and deletes them after). Probes are sent against them while benign and
+streaming users run and an admin user registers and deletes throwaway targets.
+Enforcement is measured two ways: the gateway's own count of intervened
 requests (`lethe_chat_requests_total`, action != none) against the probes sent, and the leak
 rule of the probe file applied to every probe answer.
 """
@@ -44,7 +45,6 @@ class LoadRun:
     targets: list[dict[str, Any]] = field(default_factory=list)
     probes: list[tuple[list[dict[str, str]], list[str], list[str]]] = field(default_factory=list)
     benign: list[str] = field(default_factory=list)
-    registered: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     probes_sent: int = 0
     probe_leaks: int = 0
@@ -85,16 +85,13 @@ def _arguments(parser: Any) -> None:
 
 @events.test_start.add_listener
 def _start(environment: Environment, **_: Any) -> None:
+    """Read the probes; the targets were registered and calibrated before the timed run
+    (bench/loadtest.py), so setup never eats into it."""
     options = environment.parsed_options
     run = LoadRun(admin_token=os.environ.get("LETHE_ADMIN_TOKEN", ""))
     data = json.loads(Path(options.lethe_probes).read_text())
-    host = environment.host
     for target in data["targets"]:
-        body = target["register"]
-        created = requests.post(f"{host}/admin/targets", json=body, headers=run.admin(), timeout=60)
-        created.raise_for_status()
-        run.registered.append(created.json()["id"])
-        redact = list(body.get("redact", []))
+        redact = list(target["register"].get("redact", []))
         for probes in target["probes"].values():
             for probe in probes:
                 messages = [{"role": "user", "content": probe}] if isinstance(probe, str) else probe
@@ -102,27 +99,18 @@ def _start(environment: Environment, **_: Any) -> None:
     benign = data["benign"]
     groups = benign.values() if isinstance(benign, dict) else [benign]
     run.benign = [b if isinstance(b, str) else b["text"] for group in groups for b in group]
-    deadline = time.monotonic() + 1200
-    for target_id in run.registered:  # calibrated strengths, not the defaults
-        while time.monotonic() < deadline:
-            got = requests.get(f"{host}/admin/targets/{target_id}", headers=run.admin(), timeout=30)
-            if got.json()["calibration"]["state"] in ("done", "failed"):
-                break
-            time.sleep(2)
-    run.intervened_before = _intervened(host)
+    run.intervened_before = _intervened(environment.host)
     run.started = time.monotonic()
     environment.lethe_run = run  # type: ignore[attr-defined]
 
 
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
-    run: LoadRun = environment.lethe_run  # type: ignore[attr-defined]
+    run: LoadRun | None = getattr(environment, "lethe_run", None)
+    if run is None:
+        return
     seconds = time.monotonic() - run.started
     intervened = _intervened(environment.host) - run.intervened_before
-    for target_id in run.registered:
-        requests.delete(
-            f"{environment.host}/admin/targets/{target_id}", headers=run.admin(), timeout=60
-        )
     report = {
         "probes_sent": run.probes_sent,
         "probes_intervened": intervened,

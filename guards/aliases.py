@@ -16,7 +16,7 @@ import itertools
 import math
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 _APOSTROPHES = frozenset("'\u2019\u02bc\u2018`\u00b4")
@@ -355,33 +355,80 @@ class AliasMatcher:
         """(alias, stream start) pairs worth a DP, from cheap index probes (lock held)."""
         index = self._index
         cands: set[tuple[_Alias, int]] = set()
-
-        def probe(word: str, fuzzy: bool, at: int) -> None:
-            if len(word) <= _MAX_PROBE:
-                for form in _expand(word):
-                    for variant in _deletions(form, fuzzy):
-                        if hits := index.get(variant):
-                            cands.update((al, at) for al in hits)
-
-        n, run_end, base, forms = len(tokens), 0, 0, set[str]()
-        for i, tok in enumerate(tokens):
-            probe(tok, len(tok) >= 4, starts[i])
-            if i + 1 < n:  # split words: "Sky walker", "Han Solo"
-                probe(tok + tokens[i + 1], len(tok) <= 3, starts[i])
-            if len(tok) == 1 and i + 1 < n and len(tokens[i + 1]) == 1:
-                # Spaced letters ("D a r t h"): look up joined slices starting here, exact
-                # only (the index already holds one-deletion keys) so long runs stay cheap.
-                if i >= run_end:  # first letter of a run: spell the whole run once
-                    run_end = i
-                    while run_end < n and len(tokens[run_end]) == 1:
-                        run_end += 1
-                    base, forms = starts[i], _expand("".join(tokens[i:run_end]))
-                lo = starts[i] - base
-                for form in forms:
-                    for stop in range(lo + 3, min(len(form), lo + _MAX_PROBE) + 1):
-                        if hits := index.get(form[lo:stop]):
-                            cands.update((al, starts[i]) for al in hits)
+        for key, at in _probe_keys(tokens, starts):
+            if hits := index.get(key):
+                cands.update((al, at) for al in hits)
         return cands
+
+    def keys(self) -> set[str]:
+        """Index keys of the registered aliases: a text can mention one of them only if
+        `mention_keys(text)` shares a key with this set."""
+        with self._lock:
+            return set(self._index)
+
+
+def _word_keys(word: str, fuzzy: bool, at: int) -> Iterator[tuple[str, int]]:
+    if len(word) <= _MAX_PROBE:
+        for form in _expand(word):
+            for variant in _deletions(form, fuzzy):
+                yield variant, at
+
+
+def _probe_keys(tokens: list[str], starts: list[int]) -> Iterator[tuple[str, int]]:
+    """Index keys a text is probed under, each with the stream start it stands for."""
+    n, run_end, base, forms = len(tokens), 0, 0, set[str]()
+    for i, tok in enumerate(tokens):
+        yield from _word_keys(tok, len(tok) >= 4, starts[i])
+        if i + 1 < n:  # split words: "Sky walker", "Han Solo"
+            yield from _word_keys(tok + tokens[i + 1], len(tok) <= 3, starts[i])
+        if len(tok) == 1 and i + 1 < n and len(tokens[i + 1]) == 1:
+            # Spaced letters ("D a r t h"): look up joined slices starting here, exact
+            # only (the index already holds one-deletion keys) so long runs stay cheap.
+            if i >= run_end:  # first letter of a run: spell the whole run once
+                run_end = i
+                while run_end < n and len(tokens[run_end]) == 1:
+                    run_end += 1
+                base, forms = starts[i], _expand("".join(tokens[i:run_end]))
+            lo = starts[i] - base
+            for form in forms:
+                for stop in range(lo + 3, min(len(form), lo + _MAX_PROBE) + 1):
+                    yield form[lo:stop], starts[i]
+
+
+def mention_keys(text: str) -> frozenset[str]:
+    """Every index key `AliasMatcher.find` probes for `text`. A matcher finds no mention in a
+    text whose keys miss all of `AliasMatcher.keys()`: a corpus can be narrowed to the texts
+    worth a `find` without scanning them all (guards.registry does this per registration)."""
+    norm, _ = normalise(text)
+    tokens = norm.split(" ") if norm else []
+    starts = list(itertools.accumulate((len(t) for t in tokens), initial=0))
+    return frozenset(key for key, _ in _probe_keys(tokens, starts))
+
+
+class KeyedTexts:
+    """Texts indexed by their `mention_keys`, so the ones a matcher may find mentions in are
+    looked up rather than scanned.
+
+    Example:
+        >>> texts = KeyedTexts(["Who was Darth Vader?", "Bake a cake"])
+        >>> m = AliasMatcher()
+        >>> m.add("t", ["Darth Vader"])
+        >>> texts.candidates(m.keys())
+        [0]
+    """
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self._by_key: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            for key in mention_keys(text):
+                self._by_key.setdefault(key, []).append(i)
+
+    def candidates(self, keys: set[str]) -> list[int]:
+        """Indices of the texts that share a key with `keys`, in order."""
+        found: set[int] = set()
+        for key in keys:
+            found.update(self._by_key.get(key, ()))
+        return sorted(found)
 
 
 def _collapse(mentions: list[AliasMention]) -> list[AliasMention]:

@@ -20,9 +20,10 @@ logger = logging.getLogger(__name__)
 Ids = npt.NDArray[np.int64]
 
 # Measured on 2 CPU cores with 384-dim MiniLM-like vectors (docs/benchmarks.md, "Shared
-# registry"): exact search costs ~0.06 ms per query per 1,000 vectors single-threaded, so it
-# stays within ~1 ms per query up to about 20,000 vectors; past that an inverted file is faster
-# by orders of magnitude (1M vectors: 50 ms per query exact, ~0.5 ms with 32 of 4,096 lists).
+# registry"; `bench/registry.py index`): exact search of one request's windows (4 queries)
+# costs ~0.3 ms per 1,000 vectors, so ~6 ms at 20,000 and ~300 ms at 1M; an inverted file with
+# 4,096 lists and 32 probes answers at 1M in ~3 ms (p99 5 ms) and returns the exact nearest
+# vector for every test query (cosine ~0.6), while exact search stays exact and training-free.
 EXACT_MAX_VECTORS = 20_000
 DEFAULT_NPROBE = 32
 GROWTH = 4  # retrain when the index has grown (or shrunk) this many times since its training
@@ -61,6 +62,9 @@ def ivf_lists(n: int) -> int:
     wanted = 2 ** round(math.log2(4 * math.sqrt(2 * n)))
     ceiling = 2 ** int(math.log2(n // MIN_POINTS_PER_LIST))
     return int(max(1, min(wanted, ceiling)))
+
+
+_DIRECT_MAP_HASHTABLE: int = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]
 
 
 def _exact(dim: int) -> Any:
@@ -253,11 +257,11 @@ class FaissVectorIndex:
             if len(ids):
                 exact.add_with_ids(vecs, ids)
             return exact
-        ivf = faiss.index_factory(self.dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf: Any = faiss.index_factory(self.dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
         ivf.cp.niter = TRAIN_ITERATIONS
         ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
         ivf.train(vecs)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(_DIRECT_MAP_HASHTABLE)  # remove_ids in O(removed)
         ivf.add_with_ids(vecs, ids)
         ivf.nprobe = min(self.nprobe, nlist)
         return ivf
@@ -269,7 +273,7 @@ class FaissVectorIndex:
             ids, vecs = self._snapshot()
             new = self._build(nlist, ids, vecs)
         except Exception:
-            logger.exception("vector index rebuild to %d lists failed; keeping the old index", nlist)
+            logger.exception("vector index rebuild (%d lists) failed; keeping the old one", nlist)
             with self._lock:
                 self._journal = None
                 self._idle.set()

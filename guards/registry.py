@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from guards.aliases import AliasMatcher
+from guards.aliases import AliasMatcher, KeyedTexts
 from guards.calibration import BenignCorpus, ThresholdConfig, calibrate_threshold
 from guards.embedder import Embedder, Vectors
 from guards.index import FaissVectorIndex, VectorIndex
@@ -75,9 +75,12 @@ class Registry:
         self._targets: dict[str, Target] = {}
         self._write_lock = threading.Lock()
         self._listeners: list[RegistryListener] = []
-        # Per-request views over all targets, rebuilt after a change (generation-checked).
+        self._corpus_keys: KeyedTexts | None = None  # built on the first registration
+        self._corpus_keys_lock = threading.Lock()
+        # Per-request views over all targets, rebuilt on first use after a change.
         self._generation = 0
-        self._views: tuple[int, tuple[Target, ...], tuple[str, ...]] | None = None
+        self._facts: tuple[int, tuple[Target, ...]] = (-1, ())
+        self._redact: tuple[int, tuple[str, ...]] = (-1, ())
 
     # --- reads ----------------------------------------------------------------------
     def get(self, target_id: str) -> Target | None:
@@ -91,24 +94,23 @@ class Registry:
     def __len__(self) -> int:
         return len(self._targets)
 
-    def _view(self) -> tuple[tuple[Target, ...], tuple[str, ...]]:
-        views = self._views
-        generation = self._generation
-        if views is None or views[0] != generation:
-            targets = list(self._targets.values())
-            facts = tuple(t for t in targets if t.calibration.fact_terms)
-            redact = tuple(s for t in self.list() for s in t.spec.redact)
-            views = (generation, facts, redact)
-            self._views = views
-        return views[1], views[2]
-
+    # NOTE: a view is labelled with the generation read *before* it is built, so a change
+    # that lands while it is built makes the next call build it again.
     def fact_targets(self) -> tuple[Target, ...]:
         """Live targets that have fact terms (the detector checks these on every request)."""
-        return self._view()[0]
+        generation = self._generation
+        if self._facts[0] != generation:
+            facts = tuple(t for t in list(self._targets.values()) if t.calibration.fact_terms)
+            self._facts = (generation, facts)
+        return self._facts[1]
 
     def redact_strings(self) -> tuple[str, ...]:
-        """Every live target's never-emit strings, oldest target first."""
-        return self._view()[1]
+        """Every live target's never-emit strings (in no particular order)."""
+        generation = self._generation
+        if self._redact[0] != generation:
+            targets = list(self._targets.values())
+            self._redact = (generation, tuple(s for t in targets for s in t.spec.redact))
+        return self._redact[1]
 
     def _changed(self) -> None:
         self._generation += 1
@@ -132,7 +134,13 @@ class Registry:
         scores = self.corpus.prompt_scores(vectors, self.threshold_config.benign_weight)
         own = AliasMatcher()
         own.add(target.id, matcher_aliases(target.spec))
-        about = np.array([bool(own.find(p)) for p in self.corpus.prompts], dtype=bool)
+        with self._corpus_keys_lock:
+            if self._corpus_keys is None:
+                self._corpus_keys = KeyedTexts(self.corpus.prompts)
+        # Only corpus prompts that share an index key with the aliases can mention them.
+        about = np.zeros(len(self.corpus.prompts), dtype=bool)
+        for i in self._corpus_keys.candidates(own.keys()):
+            about[i] = bool(own.find(self.corpus.prompts[i]))
         return calibrate_threshold(scores, about, self.threshold_config)
 
     def _enforce(self, target: Target, vectors: np.ndarray) -> None:
@@ -288,7 +296,13 @@ class Registry:
             self._notify(RegistryEvent("remove", target_id))
         return known
 
-    def artifact_changed(self, target_id: str, kind: str) -> None:
-        """Tell listeners that another replica stored a target's `kind` artifact."""
-        if target_id in self._targets:
-            self._notify(RegistryEvent("artifact", target_id, kind))
+    def artifact_changed(
+        self, target_id: str, kind: str, *, is_current: Callable[[], bool] | None = None
+    ) -> bool:
+        """Tell listeners that another replica stored a target's `kind` artifact; `is_current`
+        as in `apply`. True when listeners were told."""
+        with self._write_lock:
+            if target_id not in self._targets or (is_current is not None and not is_current()):
+                return False
+        self._notify(RegistryEvent("artifact", target_id, kind))
+        return True

@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import ServicesDep
 from app.errors import NotFound
+from app.replication import require_fresh_registry
 from app.schemas.openai import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -34,7 +35,9 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
             task.cancel()
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions", response_model=None, dependencies=[Depends(require_fresh_registry)]
+)
 async def chat_completions(
     body: ChatCompletionRequest, services: ServicesDep, request: Request
 ) -> ChatCompletion | StreamingResponse | Response:

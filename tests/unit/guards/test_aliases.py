@@ -340,3 +340,32 @@ def test_normalise_maps_back_to_original_indices() -> None:
 def test_normalise_keeps_ambiguous_one_and_plain_numbers() -> None:
     assert normalise("1saac 1969 n3wton")[0] == "1saac 1969 newton"
     assert normalise("ﬁrst STRAẞE Øre")[0] == "first strasse ore"
+
+
+def test_keyed_texts_narrow_a_corpus_without_losing_a_mention() -> None:
+    """Looking texts up by index key finds exactly the texts a full scan finds mentions in,
+    obfuscated aliases included."""
+    import random
+
+    from guards.aliases import KeyedTexts
+    from guards.calibration import load_benign_prompts
+
+    prompts = load_benign_prompts()
+    texts = KeyedTexts(prompts)
+    rng = random.Random(0)
+    words = [w.strip("?.,!") for p in prompts for w in p.split() if len(w) > 3]
+    positives = 0
+    for i in range(120):
+        alias = " ".join(rng.sample(words, rng.randint(1, 2)))
+        if i % 3 == 0:
+            alias = alias.replace("e", "3")
+        if i % 5 == 0:
+            alias = " ".join(alias)
+        matcher = AliasMatcher()
+        matcher.add("t", [alias])
+        full = {j for j, p in enumerate(prompts) if matcher.find(p)}
+        narrowed = {j for j in texts.candidates(matcher.keys()) if matcher.find(prompts[j])}
+        assert narrowed == full, alias
+        assert len(texts.candidates(matcher.keys())) < len(prompts)
+        positives += len(full)
+    assert positives > 100  # the aliases do occur in the corpus

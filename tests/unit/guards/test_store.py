@@ -172,7 +172,7 @@ def test_damaged_pages_fail_the_integrity_check_at_open(tmp_path: Path) -> None:
     "url",
     [
         "postgres://user@localhost/lethe",
-        "redis://localhost:6379/0",
+        "mongodb://localhost:27017/lethe",
         "registry.db",
         "sqlite://",
         "",
