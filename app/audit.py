@@ -12,9 +12,9 @@ import logging
 import re
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.metrics import CLIENT_CLOSED, route_template
+from app.metrics import call_with_status, route_template
 
 AUDIT_LOGGER = "lethe.audit"
 ANONYMOUS = "anonymous"
@@ -70,21 +70,9 @@ class AuditMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        status: int | None = None
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            status = status or 500  # the error handler outside us answers 500
-            raise
-        finally:
-            self._record(scope, status or CLIENT_CLOSED)
+        await call_with_status(
+            self.app, scope, receive, send, lambda status: self._record(scope, status)
+        )
 
     @staticmethod
     def _record(scope: Scope, status: int) -> None:

@@ -135,6 +135,28 @@ class GatewayMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+async def call_with_status(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, record: Callable[[int], None]
+) -> None:
+    """Run `app` and hand `record` the response status once it is over: 500 when the app
+    raised before answering, CLIENT_CLOSED when no response went out at all."""
+    status: int | None = None
+
+    async def send_wrapper(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        await send(message)
+
+    try:
+        await app(scope, receive, send_wrapper)
+    except Exception:
+        status = status or 500  # the error handler outside us answers 500
+        raise
+    finally:
+        record(status or CLIENT_CLOSED)
+
+
 def route_template(scope: Scope) -> str:
     """The matched route's path template (`/admin/targets/{target_id}`), never the raw path,
     so label values stay few."""
@@ -155,21 +177,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status: int | None = None
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            status = status or 500  # the error handler outside us answers 500
-            raise
-        finally:
-            status = status or CLIENT_CLOSED
+        def record(status: int) -> None:
             route = route_template(scope)
             method = scope.get("method", "")
             method = method if method in METHODS else "other"
@@ -177,3 +186,5 @@ class MetricsMiddleware:
             self.metrics.http_latency.labels(method=method, route=route).observe(
                 time.perf_counter() - started
             )
+
+        await call_with_status(self.app, scope, receive, send, record)
