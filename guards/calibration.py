@@ -69,6 +69,7 @@ class BenignCorpus:
                 owners.append(i)
                 texts.append(w.text)
         self.owner: npt.NDArray[np.int64] = np.asarray(owners, dtype=np.int64)  # [n_windows]
+        self.window_texts = texts
         self.vectors: Vectors = self._embed(texts, embedder, window_words, cache_dir)
         self._index = faiss.IndexFlatIP(self.vectors.shape[1])
         self._index.add(self.vectors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from guards.language import looks_english
 from guards.leak_terms import WORD_PATTERN as _WORD
 from guards.registry import Registry
 from guards.targets import Target
@@ -138,13 +139,33 @@ class Detector:
                 target = self.registry.get(target_id)
                 if target is None or score < target.calibration.threshold:
                     continue
-                mi, window = windows[row]
-                ev = evidence.setdefault(target_id, _Evidence())
-                if ev.source != "alias":
-                    ev.score = score
-                ev.spans.append(Span(mi, window.start, window.end))
+                self._add_window(evidence, target_id, score, windows[row])
+            self._crosslingual(evidence, windows)
 
         return Verdict(matches=tuple(self._matches(evidence)))
+
+    @staticmethod
+    def _add_window(
+        evidence: dict[str, _Evidence], target_id: str, score: float, window: tuple[int, Window]
+    ) -> None:
+        mi, w = window
+        ev = evidence.setdefault(target_id, _Evidence())
+        if ev.source != "alias":
+            ev.score = max(ev.score, score)
+        ev.spans.append(Span(mi, w.start, w.end))
+
+    def _crosslingual(
+        self, evidence: dict[str, _Evidence], windows: list[tuple[int, Window]]
+    ) -> None:
+        """Windows in other languages, searched by the multilingual channel."""
+        channel = self.registry.crosslingual
+        if channel is None:
+            return
+        routed = [(mi, w) for mi, w in windows if not looks_english(w.text)]
+        found = channel.search([w.text for _, w in routed], self.top_k)
+        for target_id, (score, row) in found.items():
+            if self.registry.get(target_id) is not None:
+                self._add_window(evidence, target_id, score, routed[row])
 
     def inspect_answer(self, answer: str) -> Verdict:
         """Targets a model's answer names (ALU-style audit of the response).

@@ -15,6 +15,7 @@ import numpy as np
 
 from guards.aliases import AliasMatcher, KeyedTexts
 from guards.calibration import BenignCorpus, ThresholdConfig, calibrate_threshold
+from guards.crosslingual import CrossLingualChannel, CrossLingualEntry
 from guards.embedder import Embedder, Vectors
 from guards.index import FaissVectorIndex, VectorIndex
 from guards.store import TargetStore
@@ -64,8 +65,10 @@ class Registry:
         threshold_config: ThresholdConfig,
         default_sigma: float,
         index: VectorIndex | None = None,
+        crosslingual: CrossLingualChannel | None = None,
     ) -> None:
         self.store = store
+        self.crosslingual = crosslingual
         self.embedder = embedder
         self.corpus = corpus
         self.threshold_config = threshold_config
@@ -132,6 +135,10 @@ class Registry:
     # --- derived state --------------------------------------------------------------
     def _threshold(self, target: Target, vectors: np.ndarray) -> float:
         scores = self.corpus.prompt_scores(vectors, self.threshold_config.benign_weight)
+        return calibrate_threshold(scores, self._about(target), self.threshold_config)
+
+    def _about(self, target: Target) -> np.ndarray:
+        """Which corpus prompts name the target (they never count as its false positives)."""
         own = AliasMatcher()
         own.add(target.id, matcher_aliases(target.spec))
         with self._corpus_keys_lock:
@@ -141,11 +148,30 @@ class Registry:
         about = np.zeros(len(self.corpus.prompts), dtype=bool)
         for i in self._corpus_keys.candidates(own.keys()):
             about[i] = bool(own.find(self.corpus.prompts[i]))
-        return calibrate_threshold(scores, about, self.threshold_config)
+        return about
 
-    def _enforce(self, target: Target, vectors: np.ndarray) -> None:
-        self.index.add(target.id, vectors)
+    def _crosslingual_entry(self, target: Target) -> CrossLingualEntry | None:
+        if self.crosslingual is None:
+            return None
+        return self.crosslingual.prepare(target.spec, self._about(target))
+
+    def _enforce_spec(self, target: Target, entry: CrossLingualEntry | None) -> None:
+        """Enforce what derives from the spec alone: aliases and the cross-lingual entry."""
         self.aliases.add(target.id, matcher_aliases(target.spec))
+        if self.crosslingual is not None and entry is not None:
+            self.crosslingual.add(target.id, entry)
+
+    def _unenforce(self, target_id: str) -> None:
+        self.index.remove(target_id)
+        self.aliases.remove(target_id)
+        if self.crosslingual is not None:
+            self.crosslingual.remove(target_id)
+
+    def _enforce(
+        self, target: Target, vectors: np.ndarray, entry: CrossLingualEntry | None
+    ) -> None:
+        self.index.add(target.id, vectors)
+        self._enforce_spec(target, entry)
         self._targets[target.id] = target
         self._changed()
 
@@ -171,7 +197,8 @@ class Registry:
         """Rebuild the in-memory index from the store (at start-up)."""
         targets = self.store.list()
         for target in targets:
-            self._enforce(target, self.vectors_for(target, self.store.get_vectors(target.id)))
+            vectors = self.vectors_for(target, self.store.get_vectors(target.id))
+            self._enforce(target, vectors, self._crosslingual_entry(target))
         logger.info("registry loaded: %d targets, %d vectors", len(targets), len(self.index))
         return targets
 
@@ -183,9 +210,10 @@ class Registry:
         target = target.with_calibration(
             Calibration(threshold=threshold, eco_sigma=self.default_sigma)
         )
+        entry = self._crosslingual_entry(target)
         with self._write_lock:
             self.store.add(target, vectors=self._pack(target, vectors))
-            self._enforce(target, vectors)
+            self._enforce(target, vectors, entry)
         logger.info("target %s registered (threshold %.3f)", target.id, threshold)
         return target
 
@@ -237,8 +265,7 @@ class Registry:
         with self._write_lock:
             removed = self.store.remove(target_id)
             known = self._targets.pop(target_id, None) is not None
-            self.index.remove(target_id)
-            self.aliases.remove(target_id)
+            self._unenforce(target_id)
             self._changed()
         if removed or known:
             logger.info("target %s deleted", target_id)
@@ -267,6 +294,8 @@ class Registry:
         texts = target.vector_texts()
         if vectors is None and (current is None or current.vector_texts() != texts):
             vectors = self.embedder.encode(texts)
+        spec_changed = current is None or current.spec != target.spec
+        entry = self._crosslingual_entry(target) if spec_changed else None
         with self._write_lock:
             if is_current is not None and not is_current():
                 return False
@@ -276,7 +305,9 @@ class Registry:
                     vectors = self.embedder.encode(texts)
                 self.index.add(target.id, vectors)
             if current is None or current.spec != target.spec:
-                self.aliases.add(target.id, matcher_aliases(target.spec))
+                if entry is None:  # its spec changed meanwhile
+                    entry = self._crosslingual_entry(target)
+                self._enforce_spec(target, entry)
             self._targets[target.id] = target
             self._changed()
         self._notify(RegistryEvent("put", target.id))
@@ -289,8 +320,7 @@ class Registry:
             if is_current is not None and not is_current():
                 return False
             known = self._targets.pop(target_id, None) is not None
-            self.index.remove(target_id)
-            self.aliases.remove(target_id)
+            self._unenforce(target_id)
             self._changed()
         if known:
             self._notify(RegistryEvent("remove", target_id))
