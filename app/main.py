@@ -60,7 +60,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     store = open_store(settings.resolved_registry_url(), create=settings.registry_create)
-    embedder = SentenceEmbedder(settings.embedder)
+    embedder = SentenceEmbedder(settings.embedder, int8=settings.embedder_int8)
     corpus = BenignCorpus(
         load_benign_prompts(), embedder, settings.detector_window_words, settings.cache_dir
     )

@@ -247,7 +247,7 @@ def build_registry(url: str, exact_max: int, nprobe: int) -> Any:
     from guards.registry import Registry
 
     s = Settings()
-    embedder = SentenceEmbedder(s.embedder)
+    embedder = SentenceEmbedder(s.embedder, int8=s.embedder_int8)
     corpus = BenignCorpus(load_benign_prompts(), embedder, s.detector_window_words, s.cache_dir)
     config = ThresholdConfig(
         benign_weight=s.detector_benign_weight,
@@ -417,7 +417,7 @@ def run_index(args: argparse.Namespace) -> dict[str, Any]:
     from guards.index import TRAIN_ITERATIONS, TRAIN_POINTS_PER_LIST
 
     s = Settings()
-    embedder = SentenceEmbedder(s.embedder)
+    embedder = SentenceEmbedder(s.embedder, int8=s.embedder_int8)
     corpus = BenignCorpus(load_benign_prompts(), embedder, s.detector_window_words, s.cache_dir)
     synth = SyntheticVectors(corpus.vectors, args.seed)
     data = np.concatenate(

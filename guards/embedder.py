@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -52,13 +53,17 @@ class SentenceEmbedder:
         (1, 384)
     """
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, int8: bool = False) -> None:
         path = resolve_embedder_path(spec)
         from sentence_transformers import SentenceTransformer
 
         # A local folder (the bundled model included) must never reach for the hub.
         self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
-        self._name = spec
+        if int8:
+            self._quantize()
+        # The name keys cached corpus embeddings and stored target vectors: int8 vectors differ
+        # (cosine ~0.96 to fp32), so they are never mixed with fp32 ones.
+        self._name = f"{spec}#int8" if int8 else spec
         self._lock = threading.Lock()
         get_dim = (
             getattr(self._model, "get_embedding_dimension", None)
@@ -67,6 +72,20 @@ class SentenceEmbedder:
         dim = get_dim()
         self._dim = int(dim) if dim else int(self.encode(["x"]).shape[1])
         logger.info("embedder %s loaded (dim %d)", spec, self._dim)
+
+    def _quantize(self) -> None:
+        """Dynamic int8 weights for every linear layer: ~2.5x faster on CPU."""
+        import torch
+
+        # quantize_dynamic is deprecated in favour of torchao, which is not a dependency here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for module in self._model:
+                inner = getattr(module, "auto_model", None)
+                if isinstance(inner, torch.nn.Module):
+                    module.auto_model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                        inner, {torch.nn.Linear}, dtype=torch.qint8
+                    )
 
     @property
     def dim(self) -> int:
