@@ -84,6 +84,20 @@ def _metadata(data: bytes) -> dict[str, str]:
     return meta
 
 
+def _float32(value: object) -> float | None:
+    """`value` as a float when it is a JSON number a float32 holds (the dtype adapters are
+    applied in), else None: so a config can never make the scale of a batch row non-finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float range
+        return None
+    if not math.isfinite(number) or abs(number) > torch.finfo(torch.float32).max:
+        return None
+    return number
+
+
 def parse_peft(
     config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module, max_rank: int
 ) -> LoraWeights:
@@ -105,11 +119,13 @@ def parse_peft(
     if config.get("modules_to_save"):
         raise AdapterError("adapters with modules_to_save (full layer copies) are not supported")
     rank = config.get("r")
-    if not isinstance(rank, int) or rank < 1:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise AdapterError("adapter_config.json must give an integer rank r >= 1")
     if rank > max_rank:
         raise AdapterError(f"adapter rank {rank} exceeds LETHE_MAX_LORA_RANK={max_rank}")
-    alpha = float(config.get("lora_alpha", rank))
+    alpha = _float32(config.get("lora_alpha", rank))
+    if alpha is None:
+        raise AdapterError("adapter_config.json lora_alpha must be a finite number")
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
     named = dict(model.named_modules())

@@ -35,8 +35,25 @@ class RenderedPrompt:
         return out
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether `text` is encodable as UTF-8 (holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def render(tokenizer: Any, turns: Sequence[ChatTurn]) -> RenderedPrompt:
-    """Apply the chat template (with the generation prompt) and tokenize with offsets."""
+    """Apply the chat template (with the generation prompt) and tokenize with offsets.
+
+    Raises:
+        PromptError: the template refuses the conversation, or a message is not valid Unicode
+            text (a lone surrogate, which JSON's \\u escapes can carry but no tokenizer takes).
+    """
+    for i, turn in enumerate(turns):
+        if not _is_unicode(turn.content):
+            raise PromptError(f"message {i} is not valid Unicode text: it holds a lone surrogate")
     messages = [{"role": t.role, "content": t.content} for t in turns]
     try:
         text: str = tokenizer.apply_chat_template(

@@ -28,7 +28,10 @@ def row_generator(sampling: SamplingParams, row: int) -> torch.Generator:
     """The random generator of one row: seeded rows are reproducible whatever their batch."""
     gen = torch.Generator(device="cpu")
     if sampling.seed is not None:
-        gen.manual_seed(sampling.seed + row)
+        # torch takes a seed modulo 2**64 but raises outside [-2**63, 2**64): masking keeps
+        # every stream it accepts and makes any int a seed, so no row's seed (plus its row
+        # index) can fail the batch step it shares with other requests.
+        gen.manual_seed((sampling.seed + row) & 0xFFFF_FFFF_FFFF_FFFF)
     else:
         gen.seed()
     return gen

@@ -34,6 +34,9 @@ from guards.verdict import ChatTurn, Plan, Verdict, noise_seed
 
 logger = logging.getLogger(__name__)
 
+# Seeds a request may give: signed 64-bit integers.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
 
 @dataclass(frozen=True)
 class PreparedChat:
@@ -100,6 +103,11 @@ class ChatService:
             raise BadRequest("stop takes up to 4 non-empty strings", param="stop")
         if req.logprobs:
             raise BadRequest("logprobs are not supported by this gateway", param="logprobs")
+        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
+            raise BadRequest(
+                f"seed must be between {SEED_MIN} and {SEED_MAX} (a signed 64-bit integer)",
+                param="seed",
+            )
         requested = req.max_completion_tokens or req.max_tokens
         if prompt_tokens >= context:
             raise ContextLengthExceeded(

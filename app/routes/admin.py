@@ -119,7 +119,7 @@ async def upload_adapter(
     if services.registry.get(target_id) is None:
         raise NotFound(f"target {target_id!r} not found", param="target_id")
     uploaded = [(f.filename or "", await f.read()) for f in files]
-    config, tensors = read_adapter_files(uploaded)
+    config, tensors = read_adapter_files(uploaded, services.settings.max_adapter_bytes)
     try:
         weights = await anyio.to_thread.run_sync(services.adapters.validate_upload, config, tensors)
     except AdapterError as exc:

@@ -161,6 +161,30 @@ async def test_seed_makes_sampling_reproducible(gateway: Gateway) -> None:
     assert len({*texts, other.choices[0].message.content}) > 1
 
 
+async def test_seed_outside_64_bits_is_400(gateway: Gateway) -> None:
+    for seed in (2**63, -(2**63) - 1, 2**64):
+        resp = await gateway.http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL_ID, "messages": user(PROMPT), "max_tokens": 2, "seed": seed},
+        )
+        assert resp.status_code == 400, resp.text
+        assert_error_shape(resp.json(), param="seed")
+    # The extremes are seeds, for every choice.
+    for seed in (2**63 - 1, -(2**63)):
+        resp = await complete(gateway, PROMPT, seed=seed, n=2, max_tokens=2, temperature=1.0)
+        assert len(resp.choices) == 2
+
+
+async def test_lone_surrogate_in_a_message_is_400(gateway: Gateway) -> None:
+    # json.dumps sends the lone surrogate as the escape \ud800, which JSON parsers accept.
+    body = json.dumps({"model": MODEL_ID, "messages": user("a" + chr(0xD800) + "b")})
+    resp = await gateway.http.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert_error_shape(resp.json(), param="messages")
+
+
 async def test_stop_string_ends_the_text_before_the_stop(gateway: Gateway) -> None:
     full = (
         (await complete(gateway, PROMPT, temperature=0, max_tokens=10)).choices[0].message.content

@@ -12,6 +12,7 @@ import torch
 from adapters.engine import Engine, GenerationRequest, SamplingParams, TokenDelta
 from adapters.model import LoadedModel, load_model
 from adapters.prompt import render
+from adapters.sampling import row_generator
 from guards.verdict import ChatTurn, Plan, Span
 
 CACHE_DIR = Path.home() / ".cache" / "lethe"
@@ -148,3 +149,16 @@ async def test_queue_reports_capacity(engine: Engine, loaded: LoadedModel) -> No
     assert full  # 1 running (8 rows = max_batch) + 5 waiting > max_queue of 4
     assert all(len(texts) == 8 for texts, _ in results)  # every accepted request completes
     assert engine.has_capacity()
+
+
+def test_any_int_seed_seeds_a_row() -> None:
+    """torch raises outside [-2**63, 2**64); a row's seed never does (it is taken mod 2**64,
+    as torch does inside that range), so no request can fail a batch step it shares."""
+
+    def draws(seed: int, row: int = 0) -> list[float]:
+        gen = row_generator(SamplingParams(max_tokens=1, seed=seed), row)
+        return torch.rand(3, generator=gen).tolist()
+
+    assert draws(2**64 - 1, row=1) == draws(0)
+    assert draws(-1) == draws(2**64 - 1)
+    assert draws(2**70) == draws(0)

@@ -54,6 +54,14 @@ def test_a_fitting_adapter_parses_with_its_scaling() -> None:
         (lambda c, t: (c, {k: v[:, :4] if "lora_A" in k else v for k, v in t.items()}), "fit"),
         (lambda c, t: (c, {k: v * float("nan") for k, v in t.items()}), "non-finite"),
         (lambda c, t: (c, {**t, "extra.weight": torch.zeros(1)}), "unexpected"),
+        (lambda c, t: ({**c, "r": True}, t), "integer rank"),
+        (lambda c, t: ({**c, "lora_alpha": "16"}, t), "lora_alpha"),
+        (lambda c, t: ({**c, "lora_alpha": None}, t), "lora_alpha"),
+        (lambda c, t: ({**c, "lora_alpha": [4]}, t), "lora_alpha"),
+        (lambda c, t: ({**c, "lora_alpha": float("nan")}, t), "lora_alpha"),
+        (lambda c, t: ({**c, "lora_alpha": float("inf")}, t), "lora_alpha"),
+        (lambda c, t: ({**c, "lora_alpha": 1e300}, t), "lora_alpha"),  # past float32
+        (lambda c, t: ({**c, "lora_alpha": 10**400}, t), "lora_alpha"),  # past float
     ],
 )
 def test_adapters_that_do_not_fit_are_rejected(change, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -116,6 +116,13 @@ def test_unsupported_conversation_is_a_prompt_error(tokenizer: Any) -> None:
         render(Unrenderable(), [ChatTurn("user", "hi")])
 
 
+def test_lone_surrogate_is_a_prompt_error(tokenizer: Any) -> None:
+    # JSON's \u escapes can carry one; the tokenizer cannot take it.
+    turns = [ChatTurn("system", "fine"), ChatTurn("user", "a" + chr(0xD800) + "b")]
+    with pytest.raises(PromptError, match="message 1 is not valid Unicode"):
+        render(tokenizer, turns)
+
+
 def test_user_text_that_also_occurs_in_the_default_system_prompt(tokenizer: Any) -> None:
     turns = [ChatTurn("user", "Hugging Face")]
     prompt = render(tokenizer, turns)
