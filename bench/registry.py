@@ -239,6 +239,7 @@ class SyntheticVectors:
 
 
 def build_registry(url: str, exact_max: int, nprobe: int) -> Any:
+    from app.main import crosslingual_channel
     from app.settings import Settings
     from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
     from guards.embedder import SentenceEmbedder
@@ -257,7 +258,11 @@ def build_registry(url: str, exact_max: int, nprobe: int) -> Any:
     )
     index = FaissVectorIndex(embedder.dim, exact_max=exact_max, nprobe=nprobe)
     store = RedisTargetStore.open(url)
-    return Registry(store, embedder, corpus, config, s.eco_default_sigma, index=index)
+    # As the gateway builds it: the cross-lingual channel searches the non-English windows.
+    crosslingual = crosslingual_channel(s, config)
+    return Registry(
+        store, embedder, corpus, config, s.eco_default_sigma, index=index, crosslingual=crosslingual
+    )
 
 
 def run_scale(args: argparse.Namespace) -> dict[str, Any]:
