@@ -80,12 +80,9 @@ class SentenceEmbedder:
         # quantize_dynamic is deprecated in favour of torchao, which is not a dependency here.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for module in self._model:
-                inner = getattr(module, "auto_model", None)
-                if isinstance(inner, torch.nn.Module):
-                    module.auto_model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-                        inner, {torch.nn.Linear}, dtype=torch.qint8
-                    )
+            torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                self._model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            )
 
     @property
     def dim(self) -> int:
