@@ -214,7 +214,7 @@ class Engine:
             touched = list({id(j): j for j in [*(r.job for r in rows), *jobs]}.values())
             try:
                 with torch.inference_mode():
-                    batch.join([self._prefill(job, rows) for job in jobs])
+                    batch.join(self._prefill_each(jobs, rows))
                     rows = self._drop_finished(rows, batch)
                     if rows:
                         self._decode(rows, batch)
@@ -241,8 +241,23 @@ class Engine:
         out: torch.Tensor = embeds.unsqueeze(0)
         return out
 
+    def _prefill_each(self, jobs: list[_Job], rows: list[_Row]) -> list[tuple[Any, torch.Tensor]]:
+        """Prefill every admitted job; one that fails gets its error alone and leaves no row,
+        so a bad request cannot fail the requests that share its step."""
+        prefilled: list[tuple[Any, torch.Tensor]] = []
+        for job in jobs:
+            try:
+                prefilled.append(self._prefill(job, rows))
+            except Exception as exc:
+                logger.exception("prefill failed for one request")
+                job.emit(exc)
+        return prefilled
+
     def _prefill(self, job: _Job, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
-        """Run a new request's prompt alone; add its rows; return its cache and mask."""
+        """Run a new request's prompt alone; add its rows; return its cache and mask.
+
+        Its rows join `rows` only once all of them are built.
+        """
         lm, req = self.loaded, job.request
         effect, missing = self.bank.effect(req.plan)
         embeds = self._prefill_embeds(req, corrupt=req.plan.corrupts or missing)
@@ -254,6 +269,7 @@ class Engine:
             cache.batch_repeat_interleave(req.n)
         length = len(req.prompt.ids)
         job.rows_left = req.n
+        new_rows: list[_Row] = []
         for i in range(req.n):
             row = _Row(
                 job=job,
@@ -263,8 +279,9 @@ class Engine:
                 position=length,
                 effect=effect,
             )
-            rows.append(row)
+            new_rows.append(row)
             self._accept(row, choose_token(logits, req.sampling, row.gen))
+        rows.extend(new_rows)
         return cache, torch.ones((req.n, length), dtype=torch.long, device=lm.device)
 
     def _decode(self, rows: list[_Row], batch: KVBatch) -> None:

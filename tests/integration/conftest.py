@@ -38,8 +38,9 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
 
 @pytest.fixture(scope="session")
 def embedder() -> SentenceEmbedder:
-    """The detector's bundled sentence embedder, for registry-level tests."""
-    return SentenceEmbedder(Settings().embedder)
+    """The detector's bundled sentence embedder as the app loads it, for registry-level tests."""
+    settings = Settings()
+    return SentenceEmbedder(settings.embedder, int8=settings.embedder_int8)
 
 
 @pytest.fixture(scope="session")

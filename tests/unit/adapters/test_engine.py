@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +163,17 @@ def test_any_int_seed_seeds_a_row() -> None:
     assert draws(2**64 - 1, row=1) == draws(0)
     assert draws(-1) == draws(2**64 - 1)
     assert draws(2**70) == draws(0)
+
+
+async def test_a_request_failing_at_prefill_fails_alone(
+    engine: Engine, loaded: LoadedModel
+) -> None:
+    good = _request(loaded, "Who was Neil Armstrong?")
+    alone = await _run(engine, good)
+    # Token ids past the vocabulary: the embedding lookup fails during this request's prefill.
+    vocab = loaded.model.get_input_embeddings().num_embeddings
+    broken = dataclasses.replace(good.prompt, ids=[vocab + 7] * len(good.prompt.ids))
+    bad = GenerationRequest(broken, Plan(), GREEDY, 1)
+    results = await asyncio.gather(_run(engine, bad), _run(engine, good), return_exceptions=True)
+    assert isinstance(results[0], Exception)
+    assert results[1] == alone
