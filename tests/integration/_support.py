@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,3 +103,37 @@ def spec_for(i: int) -> TargetSpec:
         redact=(f"secret-{i}@example.org",),
         intervention=Intervention.REFUSE if i % 3 == 0 else Intervention.AUTO,
     )
+
+
+@contextmanager
+def serve_process(env: dict[str, str]) -> Iterator[str]:
+    """A real `lethe serve` process on a free loopback port, with `env` added to this one's;
+    yields its base URL once /health answers, and stops it afterwards."""
+    import httpx  # noqa: F811 (the module-level import is for type checking only)
+    import pytest
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    lethe = Path(sys.executable).parent / "lethe"
+    proc = subprocess.Popen(
+        [str(lethe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        cwd=REPO_ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "server exited during start-up"
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("server did not start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,61 +5,27 @@ its row."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from _support import MODEL_ID, REPO_ROOT
+from _support import MODEL_ID, serve_process
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
     env = {
-        **os.environ,
         "LETHE_DATA_DIR": str(tmp_path_factory.mktemp("server")),
         "LETHE_ADMIN_TOKEN": "t",
         "LETHE_MAX_BATCH": "4",
         "LETHE_MAX_QUEUE": "8",
         "LETHE_LOG_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
     }
-    lethe = Path(sys.executable).parent / "lethe"
-    proc = subprocess.Popen(
-        [str(lethe), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("server did not start")
+    with serve_process(env) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 async def _batch_size_when_settled(client: httpx.AsyncClient) -> int:

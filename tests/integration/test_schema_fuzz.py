@@ -14,11 +14,7 @@ so far), and examples per operation are bounded.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 import tempfile
-import time
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator
@@ -28,8 +24,14 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from _redis_server import free_port
-from _support import ADMIN, ADMIN_TOKEN, MODEL_ID, REPO_ROOT, assert_error_shape, gateway_settings
+from _support import (
+    ADMIN,
+    ADMIN_TOKEN,
+    MODEL_ID,
+    assert_error_shape,
+    gateway_settings,
+    serve_process,
+)
 from hypothesis import HealthCheck, settings
 from schemathesis import Case, Response
 from schemathesis.checks import CheckContext, not_a_server_error
@@ -51,9 +53,7 @@ KNOWN_TARGET = {"name": "Schema Fuzz Target", "aliases": ["Fuzzland"], "interven
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A gateway process on a free port (no background calibration: fuzzed registrations
     must not keep the CPU busy)."""
-    port = free_port()
     env = {
-        **os.environ,
         "LETHE_DATA_DIR": str(tmp_path_factory.mktemp("schema-fuzz")),
         "LETHE_ADMIN_TOKEN": ADMIN_TOKEN,
         "LETHE_CALIBRATION_WORKERS": "0",
@@ -63,26 +63,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    lethe = Path(sys.executable).parent / "lethe"
-    proc = subprocess.Popen(
-        [str(lethe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO_ROOT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("server did not start")
+    with serve_process(env) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def known_target_id(base: str) -> str:
