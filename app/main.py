@@ -64,12 +64,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
     corpus = BenignCorpus(
         load_benign_prompts(), embedder, settings.detector_window_words, settings.cache_dir
     )
-    thresholds = ThresholdConfig(
-        benign_weight=settings.detector_benign_weight,
-        fpr=settings.detector_fpr,
-        floor=settings.detector_min_threshold,
-        margin=settings.detector_margin,
-    )
+    thresholds = settings.threshold_config()
     registry = Registry(
         store,
         embedder,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:  # the CLI reads settings without loading faiss
+    from guards.calibration import ThresholdConfig
 
 DEFAULT_MODEL = "bundled:smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "bundled:all-minilm-l6-v2"
@@ -321,3 +324,14 @@ class Settings(BaseSettings):
         if self.registry_url:
             return self.registry_url
         return f"sqlite:///{(self.data_dir / 'registry.db').as_posix()}"
+
+    def threshold_config(self) -> ThresholdConfig:
+        """How the detector's embedding thresholds are calibrated against the benign corpus."""
+        from guards.calibration import ThresholdConfig
+
+        return ThresholdConfig(
+            benign_weight=self.detector_benign_weight,
+            fpr=self.detector_fpr,
+            floor=self.detector_min_threshold,
+            margin=self.detector_margin,
+        )

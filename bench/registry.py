@@ -241,7 +241,7 @@ class SyntheticVectors:
 def build_registry(url: str, exact_max: int, nprobe: int) -> Any:
     from app.main import crosslingual_channel
     from app.settings import Settings
-    from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
+    from guards.calibration import BenignCorpus, load_benign_prompts
     from guards.embedder import SentenceEmbedder
     from guards.index import FaissVectorIndex
     from guards.redis_store import RedisTargetStore
@@ -250,12 +250,7 @@ def build_registry(url: str, exact_max: int, nprobe: int) -> Any:
     s = Settings()
     embedder = SentenceEmbedder(s.embedder, int8=s.embedder_int8)
     corpus = BenignCorpus(load_benign_prompts(), embedder, s.detector_window_words, s.cache_dir)
-    config = ThresholdConfig(
-        benign_weight=s.detector_benign_weight,
-        fpr=s.detector_fpr,
-        floor=s.detector_min_threshold,
-        margin=s.detector_margin,
-    )
+    config = s.threshold_config()
     index = FaissVectorIndex(embedder.dim, exact_max=exact_max, nprobe=nprobe)
     store = RedisTargetStore.open(url)
     # As the gateway builds it: the cross-lingual channel searches the non-English windows.

@@ -133,9 +133,13 @@ class Registry:
                 logger.exception("registry listener failed on %s %s", event.kind, event.target_id)
 
     # --- derived state --------------------------------------------------------------
-    def _threshold(self, target: Target, vectors: np.ndarray) -> float:
+    def _threshold(
+        self, target: Target, vectors: np.ndarray, about: np.ndarray | None = None
+    ) -> float:
         scores = self.corpus.prompt_scores(vectors, self.threshold_config.benign_weight)
-        return calibrate_threshold(scores, self._about(target), self.threshold_config)
+        if about is None:
+            about = self._about(target)
+        return calibrate_threshold(scores, about, self.threshold_config)
 
     def _about(self, target: Target) -> np.ndarray:
         """Which corpus prompts name the target (they never count as its false positives)."""
@@ -150,10 +154,14 @@ class Registry:
             about[i] = bool(own.find(self.corpus.prompts[i]))
         return about
 
-    def _crosslingual_entry(self, target: Target) -> CrossLingualEntry | None:
+    def _crosslingual_entry(
+        self, target: Target, about: np.ndarray | None = None
+    ) -> CrossLingualEntry | None:
         if self.crosslingual is None:
             return None
-        return self.crosslingual.prepare(target.spec, self._about(target))
+        if about is None:
+            about = self._about(target)
+        return self.crosslingual.prepare(target.spec, about)
 
     def _enforce_spec(self, target: Target, entry: CrossLingualEntry | None) -> None:
         """Enforce what derives from the spec alone: aliases and the cross-lingual entry."""
@@ -206,11 +214,12 @@ class Registry:
         """Register a target: calibrate, persist, then enforce."""
         target = Target(id=f"tgt_{uuid.uuid4().hex[:24]}", spec=spec, created_at=int(time.time()))
         vectors = self.embedder.encode(target.vector_texts())
-        threshold = self._threshold(target, vectors)
+        about = self._about(target)  # both thresholds leave out the same corpus prompts
+        threshold = self._threshold(target, vectors, about)
         target = target.with_calibration(
             Calibration(threshold=threshold, eco_sigma=self.default_sigma)
         )
-        entry = self._crosslingual_entry(target)
+        entry = self._crosslingual_entry(target, about)
         with self._write_lock:
             self.store.add(target, vectors=self._pack(target, vectors))
             self._enforce(target, vectors, entry)

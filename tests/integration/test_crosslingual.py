@@ -9,7 +9,7 @@ from _support import CACHE_DIR
 
 from app.main import crosslingual_channel
 from app.settings import Settings
-from guards.calibration import BenignCorpus, ThresholdConfig
+from guards.calibration import BenignCorpus
 from guards.detector import Detector
 from guards.embedder import USE_MULTILINGUAL, SentenceEmbedder
 from guards.registry import Registry
@@ -37,9 +37,7 @@ def settings() -> Settings:
 
 def open_registry(db: Path, embedder: SentenceEmbedder, corpus: BenignCorpus) -> Registry:
     s = settings()
-    config = ThresholdConfig(
-        s.detector_benign_weight, s.detector_fpr, s.detector_min_threshold, s.detector_margin
-    )
+    config = s.threshold_config()
     store = SqliteTargetStore.open(f"sqlite:///{db.as_posix()}")
     registry = Registry(
         store,
@@ -127,9 +125,7 @@ def test_turned_off_the_english_embedder_alone_misses_translations(
     tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
 ) -> None:
     s = settings()
-    config = ThresholdConfig(
-        s.detector_benign_weight, s.detector_fpr, s.detector_min_threshold, s.detector_margin
-    )
+    config = s.threshold_config()
     store = SqliteTargetStore.open(f"sqlite:///{(tmp_path / 'off.db').as_posix()}")
     registry = Registry(store, embedder, corpus, config, s.eco_default_sigma)
     registry.add(NEWTON)

@@ -21,7 +21,7 @@ from _support import (
 
 from app.main import create_app
 from app.settings import Settings
-from guards.calibration import BenignCorpus, ThresholdConfig
+from guards.calibration import BenignCorpus
 from guards.detector import Detector
 from guards.embedder import SentenceEmbedder
 from guards.registry import Registry
@@ -43,12 +43,7 @@ ZORBLAX = TargetSpec(
 def registry_at(db: Path, embedder: SentenceEmbedder, corpus: BenignCorpus) -> Registry:
     """A registry wired like the app's, over a SQLite file."""
     s = Settings()
-    config = ThresholdConfig(
-        benign_weight=s.detector_benign_weight,
-        fpr=s.detector_fpr,
-        floor=s.detector_min_threshold,
-        margin=s.detector_margin,
-    )
+    config = s.threshold_config()
     store = SqliteTargetStore.open(f"sqlite:///{db.as_posix()}")
     registry = Registry(store, embedder, corpus, config, default_sigma=s.eco_default_sigma)
     registry.load()

@@ -18,7 +18,7 @@ import redis
 from _redis_server import RedisServer
 
 from app.settings import Settings
-from guards.calibration import BenignCorpus, ThresholdConfig
+from guards.calibration import BenignCorpus
 from guards.detector import Detector
 from guards.embedder import SentenceEmbedder
 from guards.redis_store import RedisTargetStore
@@ -71,12 +71,7 @@ def make_replica(
 ) -> Iterator[Callable[[str], Replica]]:
     replicas: list[Replica] = []
     s = Settings()
-    config = ThresholdConfig(
-        benign_weight=s.detector_benign_weight,
-        fpr=s.detector_fpr,
-        floor=s.detector_min_threshold,
-        margin=s.detector_margin,
-    )
+    config = s.threshold_config()
 
     def make(url: str) -> Replica:
         store = RedisTargetStore.open(url)
