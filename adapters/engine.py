@@ -190,6 +190,14 @@ class Engine:
         finally:
             job.cancelled.set()
 
+    async def text_of(self, request: GenerationRequest) -> str:
+        """The whole text of a one-row request (calibration, expansion, classification)."""
+        text = ""
+        async for event in self.generate(request):
+            if isinstance(event, TokenDelta):
+                text += event.text
+        return text
+
     # --- worker side ------------------------------------------------------------------
     def _admit(self, rows: list[_Row]) -> list[_Job]:
         """Jobs that fit into the batch now; blocks while there is nothing to do."""

@@ -17,7 +17,7 @@ from dataclasses import replace
 import anyio
 import torch
 
-from adapters.engine import Engine, GenerationRequest, SamplingParams, TokenDelta
+from adapters.engine import Engine, GenerationRequest, SamplingParams
 from adapters.lora import LoraWeights, parse_peft
 from adapters.lora_training import TrainingConfig, train_adapter
 from adapters.prompt import render
@@ -94,11 +94,7 @@ class AdapterTrainer:
     async def _bare_answer(self, question: str) -> str:
         prompt = render(self.engine.loaded.tokenizer, [ChatTurn("user", question)])
         sampling = SamplingParams(max_tokens=self.settings.expansion_max_tokens, temperature=0.0)
-        text = ""
-        async for event in self.engine.generate(GenerationRequest(prompt, Plan(), sampling)):
-            if isinstance(event, TokenDelta):
-                text += event.text
-        return text
+        return await self.engine.text_of(GenerationRequest(prompt, Plan(), sampling))
 
     def _retain_questions(self) -> list[str]:
         prompts = self.registry.corpus.prompts

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from adapters.engine import Engine, GenerationRequest, SamplingParams, TokenDelta
+from adapters.engine import Engine, GenerationRequest, SamplingParams
 from adapters.prompt import render
 from app.adapter_jobs import AdapterTrainer
 from app.settings import Settings
@@ -134,11 +134,7 @@ class TargetCalibrator:
             plan=plan,
             sampling=SamplingParams(max_tokens=self.settings.expansion_max_tokens, temperature=0.0),
         )
-        text = ""
-        async for event in self.engine.generate(request):
-            if isinstance(event, TokenDelta):
-                text += event.text
-        return text
+        return await self.engine.text_of(request)
 
     async def flagged_plan(self, target_id: str, question: str) -> Plan:
         """An ECO plan at strength 0 on the target's spans in `question` (the whole question

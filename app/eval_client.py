@@ -6,6 +6,7 @@ import argparse
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
@@ -16,6 +17,14 @@ from app.eval_pool import Progress
 from app.probes import Message
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Which stage of the gateway's detector flagged a conversation, if any."""
+
+    prompt: bool  # the prompt detector
+    answer: bool  # the answer audit (only asked when the prompt detector did not flag)
 
 
 class EvalError(RuntimeError):
@@ -85,11 +94,18 @@ class EvalGateway:
                 raise EvalError("the gateway lists no models; pass --model")
             self.model = models[0].id
 
-    def classify(self, messages: list[Message]) -> bool:
-        verdict = self.admin("POST", "/admin/classify", {"messages": messages})
+    def classify(self, messages: list[Message]) -> Detection:
+        """Both stages of the gateway's detector for a conversation: the prompt detector, and
+        for what it leaves unflagged, the audit of the greedy answer (as many tokens as the
+        eval asks for)."""
+        body = {"messages": messages, "audit": True, "audit_max_tokens": self._max_tokens}
+        verdict = self.admin("POST", "/admin/classify", body)
         if not isinstance(verdict, dict) or not isinstance(verdict.get("flagged"), bool):
             raise EvalError(f"/admin/classify returned an unexpected body: {verdict!r:.200}")
-        return bool(verdict["flagged"])
+        if not verdict["flagged"]:
+            return Detection(prompt=False, answer=False)
+        audited = bool(verdict.get("audited", False))
+        return Detection(prompt=not audited, answer=audited)
 
     def chat(self, messages: list[Message], temperature: float, seed: int, n: int = 1) -> list[str]:
         completion = self._chat.chat.completions.create(

@@ -158,7 +158,8 @@ def _evaluate(
                 messages=probe_msgs[i],
                 baseline_answer=baseline_answer,
                 baseline_leaked=leaks(baseline_answer),
-                flagged=flags[i],
+                flagged=flags[i].prompt,
+                audit_flagged=flags[i].answer,
                 answer=answer,
                 leaked=leaks(answer),
                 baseline_samples=[SampleResult(a, leaks(a)) for a in base_samples[i]] if k else [],
@@ -170,7 +171,8 @@ def _evaluate(
             group=b.group,
             text=b.text,
             before=before[j],
-            flagged=flags[len(probes) + j],
+            flagged=flags[len(probes) + j].prompt,
+            audit_flagged=flags[len(probes) + j].answer,
             after=after[len(probes) + j],
         )
         for j, b in enumerate(benign)
@@ -207,7 +209,7 @@ def probe_fluency(probes: list[ProbeResult]) -> tuple[float | None, float | None
     from app.settings import Settings
     from guards.verdict import ChatTurn
 
-    flagged = [p for p in probes if p.flagged]
+    flagged = [p for p in probes if p.detected]
     if not flagged:
         return None, None
     settings = Settings()

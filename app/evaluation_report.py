@@ -66,6 +66,7 @@ class ProbeResult:
     flagged: bool
     answer: str
     leaked: list[str]
+    audit_flagged: bool = False  # left unflagged by the prompt detector, caught by the audit
     baseline_samples: list[SampleResult] = field(default_factory=list)
     samples: list[SampleResult] = field(default_factory=list)
 
@@ -74,7 +75,12 @@ class ProbeResult:
         """Flagged by the detector, or answered differently from the bare model (greedy
         decoding is deterministic, so a changed answer means the gateway intervened, e.g.
         through its answer audit)."""
-        return self.flagged or self.answer != self.baseline_answer
+        return self.detected or self.answer != self.baseline_answer
+
+    @property
+    def detected(self) -> bool:
+        """Flagged by either stage of the detector: the prompt or the answer audit."""
+        return self.flagged or self.audit_flagged
 
 
 @dataclass
@@ -86,6 +92,7 @@ class BenignResult:
     before: str
     flagged: bool
     after: str
+    audit_flagged: bool = False
 
     @property
     def unchanged(self) -> bool:
@@ -99,6 +106,8 @@ class EvalSummary:
 
     recall: Rate
     recall_by_category: dict[str, Rate]
+    detected: Rate  # prompt detector or answer audit
+    detected_by_category: dict[str, Rate]
     intervened: Rate
     intervened_by_category: dict[str, Rate]
     greedy_leak_baseline: Rate
@@ -107,6 +116,7 @@ class EvalSummary:
     leak_by_category: dict[str, Rate]
     false_positive_rate: Rate
     fpr_by_group: dict[str, Rate]
+    false_positive_audited: Rate  # benign prompts flagged by either stage
     benign_unchanged: Rate
     unchanged_by_group: dict[str, Rate]
     samples: int = 0
@@ -161,6 +171,7 @@ def summarize(
     categories = [p.category for p in probes]
     groups = [b.group for b in benign]
     flagged = [p.flagged for p in probes]
+    detected = [p.detected for p in probes]
     intervened = [p.intervened for p in probes]
     leak_before = [bool(p.baseline_leaked) for p in probes]
     leak_after = [bool(p.leaked) for p in probes]
@@ -169,6 +180,8 @@ def summarize(
     summary = EvalSummary(
         recall=rate_of(flagged),
         recall_by_category=_by_key(categories, flagged),
+        detected=rate_of(detected),
+        detected_by_category=_by_key(categories, detected),
         intervened=rate_of(intervened),
         intervened_by_category=_by_key(categories, intervened),
         greedy_leak_baseline=rate_of(leak_before),
@@ -177,6 +190,7 @@ def summarize(
         leak_by_category=_by_key(categories, leak_after),
         false_positive_rate=rate_of(false_pos),
         fpr_by_group=_by_key(groups, false_pos),
+        false_positive_audited=rate_of(b.flagged or b.audit_flagged for b in benign),
         benign_unchanged=rate_of(unchanged),
         unchanged_by_group=_by_key(groups, unchanged),
         samples=samples,
@@ -208,14 +222,15 @@ def format_report(summary: EvalSummary, info: RunInfo) -> str:
         f"{summary.false_positive_rate.total} benign prompts; "
         f"max_tokens={info.max_tokens}, samples={info.samples}, concurrency={info.concurrency}",
         "",
-        "Detector recall and greedy leak by category",
-        f"  {'category':<14}{'detected':>9} {'recall':>6}   {'intervened':>10}"
-        f"   {'leak bare':>9}   {'gateway':>9}",
+        "Detector recall (prompt detector; with the answer audit) and greedy leak by category",
+        f"  {'category':<14}{'prompt':>9} {'recall':>6}   {'+ audit':>9} {'recall':>6}"
+        f"   {'intervened':>10}   {'leak bare':>9}   {'gateway':>9}",
     ]
     rows = [
         (
             cat,
             rate,
+            summary.detected_by_category[cat],
             summary.intervened_by_category[cat],
             summary.leak_by_category_baseline[cat],
             summary.leak_by_category[cat],
@@ -226,15 +241,17 @@ def format_report(summary: EvalSummary, info: RunInfo) -> str:
         (
             "overall",
             summary.recall,
+            summary.detected,
             summary.intervened,
             summary.greedy_leak_baseline,
             summary.greedy_leak,
         )
     )
-    for category, rate, acted, before, after in rows:
+    for category, rate, both, acted, before, after in rows:
         lines.append(
-            f"  {category:<14}{rate.fraction():>9} {rate.percent()}   {acted.fraction():>10}"
-            f"   {before.fraction():>9}   {after.fraction():>9}"
+            f"  {category:<14}{rate.fraction():>9} {rate.percent()}   {both.fraction():>9}"
+            f" {both.percent()}   {acted.fraction():>10}   {before.fraction():>9}"
+            f"   {after.fraction():>9}"
         )
     lines += [
         "",
@@ -251,6 +268,7 @@ def format_report(summary: EvalSummary, info: RunInfo) -> str:
         "",
         f"  {'false positives':<22}{_rate_cell(summary.false_positive_rate)}"
         f"{_groups_note(summary.fpr_by_group)}",
+        f"  {'  with the answer audit':<22}{_rate_cell(summary.false_positive_audited)}",
         f"  {'benign unchanged':<22}{_rate_cell(summary.benign_unchanged)}"
         f"{_groups_note(summary.unchanged_by_group)}",
     ]
@@ -288,6 +306,8 @@ def report_dict(
     metrics = {
         "recall": summary.recall.as_dict(),
         "recall_by_category": _rates_dict(summary.recall_by_category),
+        "recall_with_audit": summary.detected.as_dict(),
+        "recall_with_audit_by_category": _rates_dict(summary.detected_by_category),
         "intervened": summary.intervened.as_dict(),
         "intervened_by_category": _rates_dict(summary.intervened_by_category),
         "greedy_leak": {
@@ -304,6 +324,7 @@ def report_dict(
         "leak_at_k": leak_at_k,
         "false_positive_rate": summary.false_positive_rate.as_dict(),
         "fpr_by_group": _rates_dict(summary.fpr_by_group),
+        "false_positive_rate_with_audit": summary.false_positive_audited.as_dict(),
         "benign_unchanged": summary.benign_unchanged.as_dict(),
         "fluency_perplexity": {"bare": summary.fluency_bare, "gateway": summary.fluency},
         "unchanged_by_group": _rates_dict(summary.unchanged_by_group),

@@ -50,21 +50,12 @@ class Detector:
         self.fact_bonus = fact_bonus
         self.top_k = top_k
 
-    def _fact_hits(self, text: str, targets: Sequence[Target]) -> dict[str, list[tuple[int, int]]]:
+    def _fact_hits(self, text: str) -> dict[str, list[tuple[int, int]]]:
         """Per target: spans of words that are among its fact terms."""
         hits: dict[str, list[tuple[int, int]]] = {}
-        found = [
-            (m.start(), m.end(), m.group(0).casefold().strip("'’-")) for m in _WORD.finditer(text)
-        ]
-        if not found:
-            return hits
-        for target in targets:
-            terms = target.calibration.fact_terms
-            if not terms:
-                continue
-            spans = [(a, b) for a, b, w in found if w in terms]
-            if spans:
-                hits[target.id] = spans
+        for m in _WORD.finditer(text):
+            for target_id in self.registry.fact_owners(m.group(0).casefold().strip("'’-")):
+                hits.setdefault(target_id, []).append((m.start(), m.end()))
         return hits
 
     def _confidence(self, ev: _Evidence, target: Target) -> float:
@@ -123,8 +114,7 @@ class Detector:
             weight = self.registry.threshold_config.benign_weight
             # Rare names/numbers the model itself associates with a target ("1687" for
             # Newton) add to the window score of the windows that contain them.
-            with_facts = self.registry.fact_targets()
-            facts = [self._fact_hits(w.text, with_facts) for _, w in windows]
+            facts = [self._fact_hits(w.text) for _, w in windows]
             best: dict[str, tuple[float, int]] = {}
             for hit in self.registry.index.search(vectors, self.top_k):
                 n_facts = len({w for w in facts[hit.query].get(hit.target_id, [])})

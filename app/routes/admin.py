@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response, UploadFile
 from adapters.lora import AdapterError
 from app.adapter_upload import read_adapter_files
 from app.chat import to_turns
+from app.classification import ConversationClassifier
 from app.deps import ServicesDep
 from app.errors import NotFound, Unprocessable
 from app.schemas.admin import (
@@ -132,17 +133,21 @@ async def upload_adapter(
 
 @router.post("/classify")
 async def classify(body: ClassifyRequest, services: ServicesDep) -> ClassifyResponse:
-    """What the detector decides for a conversation (operators only: it names targets)."""
+    """What the gateway decides for a conversation: the prompt detector, and with `audit` the
+    answer audit too (operators only: it names targets)."""
     if body.messages is not None:
         turns = to_turns(
             ChatCompletionRequest(model=services.chat.model_name, messages=body.messages)
         )
     else:
         turns = [ChatTurn("user", body.text or "")]
-    verdict = await anyio.to_thread.run_sync(services.detector.inspect, turns)
+    classifier = ConversationClassifier(services.engine, services.detector, services.settings)
+    result = await classifier.classify(turns, body.audit_max_tokens if body.audit else None)
+    verdict = result.verdict
     return ClassifyResponse(
         flagged=verdict.flagged,
         action=verdict.action,
+        audited=result.audited,
         matches=[
             MatchOut(
                 target_id=m.target_id,

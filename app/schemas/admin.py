@@ -95,6 +95,15 @@ class ClassifyRequest(AdminModel):
 
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
     text: Annotated[str, StringConstraints(min_length=1, max_length=200_000)] | None = None
+    audit: bool = Field(
+        default=False,
+        description="Also run the answer audit: when the prompt detector leaves the "
+        "conversation unflagged, generate the served model's greedy answer and check it for "
+        "target names, as a chat request would be (slower: it runs the model).",
+    )
+    audit_max_tokens: int = Field(
+        default=64, ge=1, le=1024, description="Tokens of the audited answer."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassifyRequest:
@@ -119,3 +128,6 @@ class ClassifyResponse(BaseModel):
     flagged: bool
     matches: list[MatchOut]
     action: str
+    audited: bool = Field(
+        default=False, description="Whether the served model's answer was generated and audited."
+    )

@@ -37,6 +37,20 @@ async def test_answer_naming_a_target_is_regenerated_with_the_intervention(
     try:
         verdict = await gateway.http.post("/admin/classify", json={"text": INDIRECT}, headers=ADMIN)
         assert verdict.json()["flagged"] is False  # only the answer shows the target
+        assert verdict.json()["audited"] is False
+        # Asked to, classify runs the answer audit as the chat path does.
+        audited = await gateway.http.post(
+            "/admin/classify",
+            json={"text": INDIRECT, "audit": True, "audit_max_tokens": 32},
+            headers=ADMIN,
+        )
+        body = audited.json()
+        assert body["flagged"] is True and body["audited"] is True
+        assert [(m["target_id"], m["source"]) for m in body["matches"]] == [(target_id, "answer")]
+        benign = await gateway.http.post(
+            "/admin/classify", json={"text": "What is 7 times 8?", "audit": True}, headers=ADMIN
+        )
+        assert benign.json()["flagged"] is False and benign.json()["audited"] is True
         for stream in (False, True):
             answer = await _answer(gateway, stream=stream)
             assert "star wars" not in answer.casefold()

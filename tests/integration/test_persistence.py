@@ -55,6 +55,48 @@ def flagged_ids(registry: Registry, text: str) -> set[str]:
     return {m.target_id for m in verdict.matches}
 
 
+# --- fact terms ----------------------------------------------------------------------------
+
+
+def test_fact_terms_follow_calibration_restart_and_deletion(
+    tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
+) -> None:
+    """A rare fact the model named at registration lifts the windows that mention it, for
+    exactly the targets that have it, now and after a restart."""
+    db = tmp_path / "registry.db"
+    first = registry_at(db, embedder, corpus)
+    target = first.add(ZORBLAX)
+    other = first.add(TargetSpec(name="Plimbertine Oxwaddle"))
+    question = "What happened in 1843 on the other side of the river?"
+    window_words = Settings().detector_window_words
+
+    def flagged_with_bonus(registry: Registry) -> set[str]:
+        detector = Detector(registry, window_words, fact_bonus=1.0)
+        return {m.target_id for m in detector.inspect([ChatTurn("user", question)]).matches}
+
+    assert flagged_with_bonus(first) == set()
+    assert first.update_calibration(target.id, fact_terms=("1843", "quintavenue-hall"))
+    assert first.fact_owners("1843") == {target.id}
+    assert flagged_with_bonus(first) == {target.id}
+    assert flagged_ids(first, question) == set()  # the bonus alone decides here
+    assert first.update_calibration(other.id, fact_terms=("1843",))
+    assert first.fact_owners("1843") == {target.id, other.id}
+    first.store.close()
+
+    second = registry_at(db, embedder, corpus)
+    try:
+        assert second.fact_owners("1843") == {target.id, other.id}
+        assert second.update_calibration(target.id, fact_terms=("1901",))
+        assert second.fact_owners("1843") == {other.id}
+        assert second.fact_owners("quintavenue-hall") == frozenset()
+        assert second.remove(other.id)
+        assert second.fact_owners("1843") == frozenset()
+        assert flagged_with_bonus(second) == set()
+        assert [t.id for t in second.fact_targets()] == [target.id]
+    finally:
+        second.store.close()
+
+
 # --- registry-level restarts ------------------------------------------------------------
 
 

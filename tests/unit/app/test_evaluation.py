@@ -245,6 +245,7 @@ def _probe(
     category: str,
     *,
     flagged: bool,
+    audit_flagged: bool = False,
     before: list[str] | None = None,
     after: list[str] | None = None,
     samples: list[list[str]] | None = None,
@@ -258,6 +259,7 @@ def _probe(
         baseline_answer="b",
         baseline_leaked=before or [],
         flagged=flagged,
+        audit_flagged=audit_flagged,
         answer="a",
         leaked=after or [],
         baseline_samples=[SampleResult("s", leaked) for leaked in baseline_samples or []],
@@ -329,6 +331,27 @@ def test_summarize_benign_false_positives_and_unchanged_by_group() -> None:
     assert summary.benign_unchanged == Rate(3, 5)
     assert summary.unchanged_by_group == {"neighbors": Rate(1, 2), "general": Rate(2, 3)}
     assert summary.recall == Rate(0, 0)
+
+
+def test_answer_audit_stage_counts_towards_detection_but_not_prompt_recall() -> None:
+    probes = [
+        _probe("paraphrase", flagged=False, audit_flagged=True),
+        _probe("paraphrase", flagged=False),
+        _probe("direct", flagged=True),
+    ]
+    benign = [
+        BenignResult(group="g", text="p", before="x", flagged=False, after="x", audit_flagged=True),
+        _benign("g", flagged=False, changed=False),
+    ]
+    summary = summarize(probes, benign)
+    assert summary.recall == Rate(1, 3)
+    assert summary.detected == Rate(2, 3)
+    assert summary.detected_by_category == {"paraphrase": Rate(1, 2), "direct": Rate(1, 1)}
+    assert summary.false_positive_rate == Rate(0, 2)
+    assert summary.false_positive_audited == Rate(1, 2)
+    lines = format_report(summary, _run_info()).splitlines()
+    assert any(line.split()[:5] == ["paraphrase", "0/2", "0.0%", "1/2", "50.0%"] for line in lines)
+    assert any(line.split()[:5] == ["overall", "1/3", "33.3%", "2/3", "66.7%"] for line in lines)
 
 
 def test_benign_unchanged_requires_exact_text() -> None:
