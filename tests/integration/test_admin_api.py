@@ -268,7 +268,7 @@ class TestRegisteredTarget:
         self, gateway: Gateway, target: dict[str, Any]
     ) -> None:
         verdict = await classify(gateway, text=UNRELATED)
-        assert verdict == {"flagged": False, "matches": [], "action": "none"}
+        assert verdict == {"flagged": False, "matches": [], "action": "none", "audited": False}
 
     async def test_refuse_target_gets_the_refusal_message(
         self, gateway: Gateway, target: dict[str, Any]
