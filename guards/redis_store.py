@@ -1,33 +1,16 @@
 """The shared registry: targets, their vectors and artifacts in Redis, with a change log.
 
-Layout (every key under `lethe:`):
-
-    version         INT     bumped by every write: orders all changes
-    epoch           STRING  random id of this registry; a new one means Redis lost its data
-    spec            HASH    target id -> {"created_at", "spec"} (JSON)
-    cal             HASH    target id -> calibration (JSON)
-    tver            HASH    target id -> version of the target's last change (record, vectors)
-    artv            HASH    target id -> version of the target's last artifact change
-    vec             HASH    target id -> packed index vectors (guards.vector_blob)
-    art:<id>        HASH    artifact kind -> bytes (steering vectors, LoRA weights)
-    changes         STREAM  one entry per write: v (version), op (put|cal|del|art), id, kind, o
-                            (origin replica); trimmed to about STREAM_MAXLEN entries
-
-Each write is one Lua script, so Redis applies it whole or not at all, and the version it
-takes, the records it changes and its change-log entry are one atomic step. The scripts are
-idempotent for the retry that follows a dropped reply (re-adding an identical target answers
-its version instead of an error).
+The keys, the Lua scripts that write them and the records read back are in
+`guards/redis_layout.py`. Each write is one script, so Redis applies it whole or not at all.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import urlparse
@@ -36,137 +19,29 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from guards.store import (
-    StoreError,
-    StoreUnavailable,
-    _calibration_from_json,
-    _calibration_to_json,
-    _spec_from_json,
-    _spec_to_json,
+from guards.redis_layout import (
+    ADD_SCRIPT,
+    PREFIX,
+    PUT_ARTIFACT_SCRIPT,
+    REMOVE_SCRIPT,
+    STREAM_MAXLEN,
+    UPDATE_CAL_SCRIPT,
+    Change,
+    Record,
+    Snapshot,
+    decode_target,
+    record_json,
+    text,
 )
+from guards.store import StoreError, StoreUnavailable, _calibration_to_json
 from guards.targets import Calibration, Target
 
-PREFIX = "lethe:"
-STREAM_MAXLEN = 10_000
 CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
 
-_ADD = """
--- KEYS: version spec cal tver vec changes; ARGV: id record cal vectors origin maxlen
-local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if existing then
-  if existing == ARGV[2] then return tonumber(redis.call('HGET', KEYS[4], ARGV[1])) end
-  return redis.error_reply('duplicate target id ' .. ARGV[1])
-end
-local v = redis.call('INCR', KEYS[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[1], v)
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[4]) end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[6], '*',
-  'v', v, 'op', 'put', 'id', ARGV[1], 'kind', '', 'o', ARGV[5])
-return v
-"""
-
-_UPDATE_CAL = """
--- KEYS: version spec cal tver vec changes; ARGV: id cal vectors origin maxlen
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
-local v = redis.call('INCR', KEYS[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[1], v)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*',
-  'v', v, 'op', 'cal', 'id', ARGV[1], 'kind', '', 'o', ARGV[4])
-return v
-"""
-
-_REMOVE = """
--- KEYS: version spec cal tver vec changes art artv; ARGV: id origin maxlen
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
-local v = redis.call('INCR', KEYS[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HDEL', KEYS[8], ARGV[1])
-redis.call('DEL', KEYS[7])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], '*',
-  'v', v, 'op', 'del', 'id', ARGV[1], 'kind', '', 'o', ARGV[2])
-return v
-"""
-
-_PUT_ARTIFACT = """
--- KEYS: version spec artv changes art; ARGV: id kind data origin maxlen
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
-local v = redis.call('INCR', KEYS[1])
-redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[1], v)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*',
-  'v', v, 'op', 'art', 'id', ARGV[1], 'kind', ARGV[2], 'o', ARGV[4])
-return v
-"""
-
-
-@dataclass(frozen=True)
-class Change:
-    """One entry of the change log."""
-
-    stream_id: str  # "<ms>-<seq>": Redis' clock when the change was committed
-    version: int
-    op: str  # put | cal | del | art
-    target_id: str
-    kind: str  # artifact kind for `art`, else ""
-    origin: str  # replica that made the change
-
-    @property
-    def committed_at(self) -> float:
-        """Unix time of the commit, by the Redis server's clock."""
-        return int(self.stream_id.split("-", 1)[0]) / 1000.0
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The registry's version, change-log position and per-target versions, read atomically."""
-
-    version: int
-    epoch: str | None
-    stream_id: str  # last change-log entry at that version ("0-0" for none)
-    versions: dict[str, int]  # target id -> version of its last record change
-    artifacts: dict[str, int]  # target id -> version of its last artifact change
-
-
-@dataclass(frozen=True)
-class Record:
-    """A target as stored, with the version of its last change and its packed vectors."""
-
-    target: Target
-    version: int
-    vectors: bytes | None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _record_json(target: Target) -> str:
-    return json.dumps(
-        {"created_at": target.created_at, "spec": json.loads(_spec_to_json(target.spec))},
-        sort_keys=True,
-    )
-
-
-def _decode_target(target_id: str, record: bytes, cal: bytes | None) -> Target:
-    data = json.loads(record)
-    return Target(
-        id=target_id,
-        created_at=int(data["created_at"]),
-        spec=_spec_from_json(json.dumps(data["spec"])),
-        calibration=_calibration_from_json(cal.decode() if cal else "{}"),
-    )
-
 
 class RedisTargetStore:
-    """Targets in Redis, shared by every replica; see the module docstring for the layout.
+    """Targets in Redis, shared by every replica; `guards/redis_layout.py` has the layout.
 
     Besides the `TargetStore` protocol it offers what replication needs: an atomic `snapshot`,
     versioned reads, a blocking `read_changes` on the change log, and per-target bookkeeping of
@@ -200,10 +75,10 @@ class RedisTargetStore:
         self._art_seen: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._scripts = {
-            "add": client.register_script(_ADD),
-            "cal": client.register_script(_UPDATE_CAL),
-            "del": client.register_script(_REMOVE),
-            "art": client.register_script(_PUT_ARTIFACT),
+            "add": client.register_script(ADD_SCRIPT),
+            "cal": client.register_script(UPDATE_CAL_SCRIPT),
+            "del": client.register_script(REMOVE_SCRIPT),
+            "art": client.register_script(PUT_ARTIFACT_SCRIPT),
         }
         with self._errors("open"):
             client.ping()
@@ -305,7 +180,7 @@ class RedisTargetStore:
             self._keys("version", "spec", "cal", "tver", "vec", "changes"),
             [
                 target.id,
-                _record_json(target),
+                record_json(target),
                 _calibration_to_json(target.calibration),
                 vectors or b"",
                 self.origin,
@@ -373,7 +248,7 @@ class RedisTargetStore:
     def artifact_kinds(self, target_id: str) -> builtins.list[str]:
         """Kinds of artifact stored for a target."""
         keys = self._call("list artifacts", lambda: self.client.hkeys(self._art_key(target_id)))
-        return sorted(_text(k) for k in keys)
+        return sorted(text(k) for k in keys)
 
     def get_vectors(self, target_id: str) -> bytes | None:
         """A target's packed index vectors, or None."""
@@ -402,7 +277,7 @@ class RedisTargetStore:
         if raw[0] is None:
             return None
         try:
-            target = _decode_target(target_id, raw[0], raw[1])
+            target = decode_target(target_id, raw[0], raw[1])
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(
                 f"the shared registry at {self.where} holds target {target_id} that cannot be "
@@ -429,9 +304,9 @@ class RedisTargetStore:
         specs, cals, versions = self._call("list targets", read)
         records = []
         for raw_id, record in specs.items():
-            target_id = _text(raw_id)
+            target_id = text(raw_id)
             try:
-                target = _decode_target(target_id, record, cals.get(raw_id))
+                target = decode_target(target_id, record, cals.get(raw_id))
             except (ValueError, KeyError, TypeError) as exc:
                 raise StoreError(
                     f"the shared registry at {self.where} holds target {target_id} that cannot "
@@ -471,10 +346,10 @@ class RedisTargetStore:
         version, epoch, last, versions, artifacts = self._call("snapshot", read)
         return Snapshot(
             version=int(version or 0),
-            epoch=None if epoch is None else _text(epoch),
-            stream_id=_text(last[0][0]) if last else "0-0",
-            versions={_text(k): int(v) for k, v in versions.items()},
-            artifacts={_text(k): int(v) for k, v in artifacts.items()},
+            epoch=None if epoch is None else text(epoch),
+            stream_id=text(last[0][0]) if last else "0-0",
+            versions={text(k): int(v) for k, v in versions.items()},
+            artifacts={text(k): int(v) for k, v in artifacts.items()},
         )
 
     def head(self) -> tuple[int, str | None]:
@@ -488,7 +363,7 @@ class RedisTargetStore:
             return result
 
         version, epoch = self._call("read version", read)
-        return int(version or 0), None if epoch is None else _text(epoch)
+        return int(version or 0), None if epoch is None else text(epoch)
 
     def ensure_epoch(self) -> str:
         """The registry's epoch, creating one if Redis has none (after a reset)."""
@@ -497,7 +372,7 @@ class RedisTargetStore:
             self.client.set(self._k["epoch"], uuid.uuid4().hex, nx=True)
             return self.client.get(self._k["epoch"])
 
-        return _text(self._call("epoch", run))
+        return text(self._call("epoch", run))
 
     def read_changes(
         self, client: redis.Redis, after: str, block_ms: int | None, count: int = 512
@@ -512,10 +387,10 @@ class RedisTargetStore:
         changes: builtins.list[Change] = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
-                f = {_text(k): _text(v) for k, v in fields.items()}
+                f = {text(k): text(v) for k, v in fields.items()}
                 changes.append(
                     Change(
-                        stream_id=_text(entry_id),
+                        stream_id=text(entry_id),
                         version=int(f.get("v", 0)),
                         op=f.get("op", ""),
                         target_id=f.get("id", ""),

@@ -30,7 +30,8 @@ from functools import partial
 
 import redis
 
-from guards.redis_store import SOCKET_TIMEOUT_S, Change, RedisTargetStore, Snapshot
+from guards.redis_layout import Change, Snapshot
+from guards.redis_store import SOCKET_TIMEOUT_S, RedisTargetStore
 from guards.registry import Registry
 from guards.store import StoreUnavailable
 from guards.targets import Target
