@@ -30,14 +30,22 @@ from app.settings import Settings
 from guards.calibration import BenignCorpus, ThresholdConfig, load_benign_prompts
 from guards.crosslingual import CrossLingualChannel
 from guards.detector import Detector
-from guards.embedder import SentenceEmbedder, load_embedder
+from guards.embedder import Embedder, load_embedder
 from guards.index import FaissVectorIndex
+from guards.onnx_embedder import open_embedder
 from guards.redis_store import RedisTargetStore
 from guards.registry import Registry
 from guards.store import open_store
 from guards.targets import CalibrationState
 
 logger = logging.getLogger(__name__)
+
+
+def detector_embedder(settings: Settings) -> Embedder:
+    """The detector's main embedder, on the configured backend."""
+    return open_embedder(
+        settings.embedder, settings.embedder_backend, settings.embedder_int8, settings.cache_dir
+    )
 
 
 def crosslingual_channel(
@@ -60,7 +68,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     store = open_store(settings.resolved_registry_url(), create=settings.registry_create)
-    embedder = SentenceEmbedder(settings.embedder, int8=settings.embedder_int8)
+    embedder = detector_embedder(settings)
     corpus = BenignCorpus(
         load_benign_prompts(), embedder, settings.detector_window_words, settings.cache_dir
     )

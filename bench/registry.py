@@ -239,16 +239,15 @@ class SyntheticVectors:
 
 
 def build_registry(url: str, exact_max: int, nprobe: int) -> Any:
-    from app.main import crosslingual_channel
+    from app.main import crosslingual_channel, detector_embedder
     from app.settings import Settings
     from guards.calibration import BenignCorpus, load_benign_prompts
-    from guards.embedder import SentenceEmbedder
     from guards.index import FaissVectorIndex
     from guards.redis_store import RedisTargetStore
     from guards.registry import Registry
 
     s = Settings()
-    embedder = SentenceEmbedder(s.embedder, int8=s.embedder_int8)
+    embedder = detector_embedder(s)
     corpus = BenignCorpus(load_benign_prompts(), embedder, s.detector_window_words, s.cache_dir)
     config = s.threshold_config()
     index = FaissVectorIndex(embedder.dim, exact_max=exact_max, nprobe=nprobe)
@@ -411,13 +410,13 @@ def run_index(args: argparse.Namespace) -> dict[str, Any]:
     the measurements behind FaissVectorIndex's choices."""
     import faiss
 
+    from app.main import detector_embedder
     from app.settings import Settings
     from guards.calibration import BenignCorpus, load_benign_prompts
-    from guards.embedder import SentenceEmbedder
     from guards.index import TRAIN_ITERATIONS, TRAIN_POINTS_PER_LIST
 
     s = Settings()
-    embedder = SentenceEmbedder(s.embedder, int8=s.embedder_int8)
+    embedder = detector_embedder(s)
     corpus = BenignCorpus(load_benign_prompts(), embedder, s.detector_window_words, s.cache_dir)
     synth = SyntheticVectors(corpus.vectors, args.seed)
     data = np.concatenate(

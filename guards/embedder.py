@@ -7,7 +7,7 @@ import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +93,11 @@ class SentenceEmbedder:
     def name(self) -> str:
         """The configured model spec."""
         return self._name
+
+    @property
+    def model(self) -> Any:
+        """The underlying sentence-transformers model."""
+        return self._model
 
     def encode(self, texts: list[str]) -> Vectors:
         """Normalised float32 vectors, one row per text."""

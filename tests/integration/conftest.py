@@ -17,10 +17,13 @@ from _support import CACHE_DIR, Gateway, asgi_client, gateway_settings, sdk_clie
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app.main import create_app  # noqa: E402
+from app.main import (
+    create_app,  # noqa: E402
+    detector_embedder,  # noqa: E402
+)
 from app.settings import Settings  # noqa: E402
 from guards.calibration import BenignCorpus, load_benign_prompts  # noqa: E402
-from guards.embedder import SentenceEmbedder  # noqa: E402
+from guards.embedder import Embedder  # noqa: E402
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -37,14 +40,14 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
 
 
 @pytest.fixture(scope="session")
-def embedder() -> SentenceEmbedder:
+def embedder() -> Embedder:
     """The detector's bundled sentence embedder as the app loads it, for registry-level tests."""
     settings = Settings()
-    return SentenceEmbedder(settings.embedder, int8=settings.embedder_int8)
+    return detector_embedder(settings)
 
 
 @pytest.fixture(scope="session")
-def corpus(embedder: SentenceEmbedder) -> BenignCorpus:
+def corpus(embedder: Embedder) -> BenignCorpus:
     """The packaged benign corpus, embedded once (cached on disk like the app does)."""
     return BenignCorpus(
         load_benign_prompts(), embedder, Settings().detector_window_words, CACHE_DIR
