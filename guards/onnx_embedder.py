@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,10 @@ def _export(model: Any, target: Path) -> None:
     sample = model[0].tokenizer(["hello world"], return_tensors="pt")
     names = [n for n in _INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
-    fp32 = target.with_suffix(".fp32.onnx")
+    # Private names until the final rename: replicas sharing a cache may export at once.
+    unique = uuid.uuid4().hex[:12]
+    fp32 = target.with_name(f"{target.stem}.{unique}.fp32.onnx")
+    partial = target.with_name(f"{target.stem}.{unique}.tmp.onnx")
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -67,10 +72,12 @@ def _export(model: Any, target: Path) -> None:
             opset_version=17,
             dynamo=False,
         )
-    partial = target.with_suffix(".tmp.onnx")
-    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8)
-    partial.replace(target)
-    fp32.unlink(missing_ok=True)
+    try:
+        quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8)
+        partial.replace(target)
+    finally:
+        fp32.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
 
 
 def _cache_key(spec: str, model: Any) -> str:
@@ -99,17 +106,28 @@ class OnnxSentenceEmbedder:
         model = source.model
         _check_stack(model)
         self._tokenizer = model[0].tokenizer
+        self._tokenizer_lock = threading.Lock()
         self._max_tokens = int(model.max_seq_length or 256)
         self._dim = source.dim
         self._name = f"{spec}#onnx-int8"
         path = cache_dir / "onnx" / f"embedder-{_cache_key(spec, model)}.onnx"
-        if not path.exists():
-            logger.info("exporting embedder %s to ONNX int8 (once; cached at %s)", spec, path)
-            _export(model, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if path.exists():
+            try:
+                self._session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # a damaged cache file is rebuilt, not fatal
+                logger.warning("cached ONNX embedder %s unreadable (%s): re-exporting", path, exc)
+                path.unlink(missing_ok=True)
+        if not path.exists():
+            logger.info("exporting embedder %s to ONNX int8 (once; cached at %s)", spec, path)
+            _export(model, path)
+            self._session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
         self._inputs = [i.name for i in self._session.get_inputs()]
         logger.info("embedder %s loaded on ONNX Runtime (dim %d)", spec, self._dim)
 
@@ -132,9 +150,12 @@ class OnnxSentenceEmbedder:
         """
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for row, text in enumerate(texts):
-            tokens = self._tokenizer(
-                text, truncation=True, max_length=self._max_tokens, return_tensors="np"
-            )
+            # A fast tokenizer sets its truncation state per call: concurrent calls can fail
+            # with "Already borrowed", so tokenising is serialised (~0.1 ms); the runs are not.
+            with self._tokenizer_lock:
+                tokens = self._tokenizer(
+                    text, truncation=True, max_length=self._max_tokens, return_tensors="np"
+                )
             feeds = {n: np.asarray(tokens[n], dtype=np.int64) for n in self._inputs}
             hidden = self._session.run(None, feeds)[0][0]  # [tokens, dim]
             pooled = hidden.mean(axis=0)

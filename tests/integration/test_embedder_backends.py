@@ -62,6 +62,15 @@ def test_onnx_backend_matches_fp32_is_cached_and_thread_safe(tmp_path: Path) -> 
     assert all(np.allclose(r, alone[i % len(TEXTS)], atol=1e-5) for i, r in enumerate(results))
 
 
+def test_a_damaged_cached_export_is_rebuilt(tmp_path: Path) -> None:
+    first = open_embedder(Settings().embedder, "onnx", int8=True, cache_dir=tmp_path)
+    (exported,) = list((tmp_path / "onnx").glob("*.onnx"))
+    exported.write_bytes(b"not an onnx file")
+    again = open_embedder(Settings().embedder, "onnx", int8=True, cache_dir=tmp_path)
+    assert np.allclose(again.encode(TEXTS), first.encode(TEXTS), atol=1e-6)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [exported.name]  # no leftovers
+
+
 def test_torch_backend_is_kept_when_asked(tmp_path: Path) -> None:
     embedder = open_embedder(Settings().embedder, "torch", int8=False, cache_dir=tmp_path)
     assert isinstance(embedder, SentenceEmbedder) and not embedder.name.endswith("int8")
