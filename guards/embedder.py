@@ -63,7 +63,12 @@ class SentenceEmbedder:
             self._quantize()
         # The name keys cached corpus embeddings and stored target vectors: int8 vectors differ
         # (cosine ~0.96 to fp32), so they are never mixed with fp32 ones.
-        self._name = f"{spec}#int8" if int8 else spec
+        self._name = f"{spec}#int8-alone" if int8 else spec
+        # Dynamic int8 quantises activations with one scale per batch: in a padded batch a
+        # text's vector moved with its neighbours (cosine down to 0.85 against the same text
+        # alone), so the corpus, embedded 64 at a time, did not match single requests. With
+        # int8 every text is embedded alone.
+        self._batch_size = 1 if int8 else 64
         self._lock = threading.Lock()
         get_dim = (
             getattr(self._model, "get_embedding_dimension", None)
@@ -106,7 +111,7 @@ class SentenceEmbedder:
         with self._lock:
             vecs = self._model.encode(
                 texts,
-                batch_size=64,
+                batch_size=self._batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,

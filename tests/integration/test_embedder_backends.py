@@ -27,7 +27,7 @@ TEXTS = [
 def test_int8_vectors_are_normalised_close_to_fp32_and_keyed_apart() -> None:
     embedder = SentenceEmbedder(Settings().embedder, int8=False)
     int8 = SentenceEmbedder(Settings().embedder, int8=True)
-    assert int8.name != embedder.name and int8.name.endswith("#int8")
+    assert int8.name != embedder.name and int8.name.endswith("#int8-alone")
     assert int8.dim == embedder.dim
     q, f = int8.encode(TEXTS), embedder.encode(TEXTS)
     assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-4)
@@ -36,6 +36,9 @@ def test_int8_vectors_are_normalised_close_to_fp32_and_keyed_apart() -> None:
     assert (cosine < 0.999).all()  # the weights really are quantised
     # Neighbourhoods survive: each text is still nearest to its own fp32 vector.
     assert ((q @ f.T).argmax(axis=1) == np.arange(len(TEXTS))).all()
+    # A text's vector does not depend on the batch it is embedded in.
+    alone = np.concatenate([int8.encode([t]) for t in TEXTS])
+    assert np.allclose(alone, q, atol=1e-5)
 
 
 def test_onnx_backend_matches_fp32_is_cached_and_thread_safe(tmp_path: Path) -> None:
