@@ -182,7 +182,8 @@ def main() -> int:
     enforcement = summary["enforcement"]
     lines += [
         f"  tokens/s {summary['tokens_s']}, error rate {summary['error_rate']:.2%}",
-        f"  enforcement: {lethe['probes_intervened']:.0f} intervened of {lethe['probes_sent']} "
+        f"  enforcement (gateway count, an upper bound): {lethe['probes_intervened']:.0f} "
+        f"intervened of {lethe['probes_sent']} "
         f"probes ({'n/a' if enforcement is None else f'{enforcement:.1%}'}), "
         f"{lethe['probe_leaks']} probe answers leaked",
     ]

@@ -8,8 +8,10 @@ bench/loadtest.py registers the probe file's targets and waits for their calibra
 before the timed run (and deletes them after). Probes are sent against them while benign and
 streaming users run and an admin user registers and deletes throwaway targets.
 Enforcement is measured two ways: the gateway's own count of intervened
-requests (`lethe_chat_requests_total`, action != none) against the probes sent, and the leak
-rule of the probe file applied to every probe answer.
+requests (`lethe_chat_requests_total`, action != none, plus answer-audit re-runs) against the
+probes sent, and the leak rule of the probe file applied to every probe answer. The first is an
+upper bound, not a per-probe count: a benign request whose answer names a target is re-run too
+and counts the same as a probe (the gateway tells no client whether it intervened).
 """
 
 from __future__ import annotations

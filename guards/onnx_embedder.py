@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from guards.embedder import Embedder, SentenceEmbedder, Vectors
+from guards.embedder import Embedder, NamedEmbedder, SentenceEmbedder, Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _cache_key(spec: str, model: Any) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
-class OnnxSentenceEmbedder:
+class OnnxSentenceEmbedder(NamedEmbedder):
     """A sentence-transformers model run by ONNX Runtime with int8 weights; `encode` is
     thread-safe (ONNX Runtime sessions are) and runs concurrent calls in parallel.
 
@@ -130,16 +130,6 @@ class OnnxSentenceEmbedder:
             )
         self._inputs = [i.name for i in self._session.get_inputs()]
         logger.info("embedder %s loaded on ONNX Runtime (dim %d)", spec, self._dim)
-
-    @property
-    def dim(self) -> int:
-        """Vector size."""
-        return self._dim
-
-    @property
-    def name(self) -> str:
-        """The model spec with its backend: vectors of different backends are never mixed."""
-        return self._name
 
     def encode(self, texts: list[str]) -> Vectors:
         """Normalised float32 vectors, one row per text.
