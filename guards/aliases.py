@@ -11,7 +11,6 @@ alias's leading word(s), so find() costs a few dict probes per token, not a DP p
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import math
 import threading
@@ -19,16 +18,8 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-_APOSTROPHES = frozenset("'\u2019\u02bc\u2018`\u00b4")
-_LEET_SYMBOLS = {"@": "a", "$": "s", "!": "i"}
-_LEET_DIGITS = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g"}
-# Text char -> alias letters it may stand for.  '1' is ambiguous (i or l), so
-# normalise() keeps it and comparisons accept either at zero cost.
-_EQUIV = {**_LEET_DIGITS, "1": "il"}
-# Letters that NFKD does not decompose into an ASCII base letter.
-_SPECIAL_FOLD = {"ø": "o", "đ": "d", "ð": "d", "ł": "l", "æ": "ae", "œ": "oe", "þ": "th", "ı": "i"}
-# Coarse alphabet for the q-gram prefilter: merges everything _EQUIV may equate.
-_COARSE = str.maketrans({**_LEET_DIGITS, "1": "i", "l": "i"})
+from guards.alias_text import COARSE, LEET_SYMBOLS, accepts, deletions, expand, normalise
+
 _MAX_PROBE = 40  # longer tokens cannot be an alias's leading word(s); skip them (DoS guard)
 
 Rows = dict[int, list[int]]  # DP rows keyed by text prefix length
@@ -63,83 +54,6 @@ class _Alias:
     need: int  # pieces that must appear near their offset for a match to be possible
 
 
-@functools.lru_cache(maxsize=8192)
-def _fold(ch: str) -> str:
-    """Lower-case, accent-free form of one character ('' for a bare combining mark)."""
-    if ch.isascii():
-        return ch.lower()
-    decomposed = unicodedata.normalize("NFKD", ch)
-    folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return "".join(_SPECIAL_FOLD.get(c, c) for c in folded)
-
-
-@functools.lru_cache(maxsize=512)
-def _accepts(letter: str) -> frozenset[str]:
-    """Text characters that count as equal to an alias character (leetspeak-aware)."""
-    same = {letter, *_EQUIV.get(letter, "")}
-    return frozenset(same | {d for d, letters in _EQUIV.items() if letter in letters})
-
-
-def normalise(text: str) -> tuple[str, list[int]]:
-    """Normalised text plus, for each normalised char, the index of the original char it came from.
-
-    Output: lower-case, accent-free words joined by single spaces.  Apostrophes vanish
-    ("O'Brien" -> "obrien"), a possessive "'s" is dropped ("Vader's" -> "vader"), and in
-    words with a letter leet digits/symbols become letters, except the ambiguous '1'.
-    """
-    chars: list[str] = []
-    src: list[int] = []
-    for i, c in enumerate(text):
-        folded = "'" if c in _APOSTROPHES else _fold(c)
-        chars.extend(folded)
-        src.extend([i] * len(folded))
-    out: list[str] = []
-    out_src: list[int] = []
-    word: list[int] = []  # indices into chars of the word being built
-    n, i = len(chars), 0
-    while i <= n:  # i == n acts as a final separator
-        ch = chars[i] if i < n else " "
-        nxt = chars[i + 1] if i + 1 < n else " "
-        if ch == "'":
-            after = chars[i + 2] if i + 2 < n else " "
-            i += 2 if word and nxt == "s" and not after.isalnum() else 1
-            continue
-        # A leet symbol is a letter when a letter/digit follows ("D@rth") or it ends an
-        # already-leet word ("J3d!"), but not after a plain word ("Hi!").
-        if ch.isalnum() or (
-            ch in _LEET_SYMBOLS and (nxt.isalnum() or any(not chars[j].isalpha() for j in word))
-        ):
-            word.append(i)
-        elif word:
-            letters = any(chars[j].isalpha() for j in word)
-            for j in word:
-                c = _LEET_SYMBOLS.get(chars[j], chars[j])
-                out.append(_LEET_DIGITS.get(c, c) if letters else c)
-                out_src.append(src[j])
-            out.append(" ")  # the separator that ended the word; the last one is dropped
-            out_src.append(src[i] if i < n else len(text))
-            word.clear()
-        i += 1
-    return "".join(out[:-1]), out_src[:-1]
-
-
-def _deletions(word: str, fuzzy: bool) -> set[str]:
-    """The word plus, if fuzzy, its one-deletion variants (first letter always kept)."""
-    out = {word}
-    if fuzzy and len(word) > 2:
-        out.update(word[:i] + word[i + 1 :] for i in range(1, len(word)))
-    return out
-
-
-def _expand(token: str) -> set[str]:
-    """Spellings of a text token with leet digits resolved ('1' read as 'i' and as 'l')."""
-    if token.isalpha():
-        return {token}
-    base = "".join(_LEET_DIGITS.get(c, c) for c in token)
-    # Mixed i/l readings are left to the DP, which accepts '1' as either letter.
-    return {token, base, base.replace("1", "i"), base.replace("1", "l")}
-
-
 def _compile(target_id: str, raw: str) -> _Alias | None:
     """Precompute everything find() needs about one alias (None if it has no letters)."""
     words = normalise(raw)[0].split()
@@ -155,15 +69,15 @@ def _compile(target_id: str, raw: str) -> _Alias | None:
         # such aliases are filed under their joined first words only.
         if j > 1 or len(words) == 1 or len(words[0]) > 3:
             # Probes tolerate one edit; the DP later allows the full budget.
-            probes |= _deletions("".join(words[:j]), min(budget, sum(caps[:j])) > 0)
-    coarse = key.translate(_COARSE)
+            probes |= deletions("".join(words[:j]), min(budget, sum(caps[:j])) > 0)
+    coarse = key.translate(COARSE)
     # Last pieces first: past the (probed) first word they are the discriminating ones.
     pieces = tuple((o, coarse[o : o + 2]) for o in range(m - m % 2 - 2, -1, -2))
     return _Alias(
         target_id=target_id,
         text=raw,
         key=key,
-        acc=tuple(_accepts(c) for c in key),
+        acc=tuple(accepts(c) for c in key),
         word_of=tuple(i for i, w in enumerate(words) for _ in w),
         caps=caps,
         budget=budget,
@@ -326,9 +240,9 @@ class AliasMatcher:
         for p in starts:
             is_end[p] = True
             # A trailing leet symbol may be punctuation after all ("Y0da!").
-            if p and text[origin[p - 1]] in _LEET_SYMBOLS:
+            if p and text[origin[p - 1]] in LEET_SYMBOLS:
                 is_end[p - 1] = True
-        coarse = stream.translate(_COARSE)
+        coarse = stream.translate(COARSE)
         multi = list(itertools.accumulate((len(t) > 1 for t in tokens), initial=0))
         token_at = {p: i for i, p in enumerate(starts)}
         found: list[Match] = []
@@ -369,8 +283,8 @@ class AliasMatcher:
 
 def _word_keys(word: str, fuzzy: bool, at: int) -> Iterator[tuple[str, int]]:
     if len(word) <= _MAX_PROBE:
-        for form in _expand(word):
-            for variant in _deletions(form, fuzzy):
+        for form in expand(word):
+            for variant in deletions(form, fuzzy):
                 yield variant, at
 
 
@@ -388,7 +302,7 @@ def _probe_keys(tokens: list[str], starts: list[int]) -> Iterator[tuple[str, int
                 run_end = i
                 while run_end < n and len(tokens[run_end]) == 1:
                     run_end += 1
-                base, forms = starts[i], _expand("".join(tokens[i:run_end]))
+                base, forms = starts[i], expand("".join(tokens[i:run_end]))
             lo = starts[i] - base
             for form in forms:
                 for stop in range(lo + 3, min(len(form), lo + _MAX_PROBE) + 1):
