@@ -26,6 +26,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", "/admin/targets/{target_id}"): "target.get",
     ("DELETE", "/admin/targets/{target_id}"): "target.delete",
     ("POST", "/admin/classify"): "classify",
+    ("GET", "/admin/interventions"): "interventions.list",
     ("POST", "/admin/targets/{target_id}/adapter"): "adapter.upload",
 }
 # Path text is the client's: only id-shaped values go into the trail.

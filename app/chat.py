@@ -13,6 +13,8 @@ import anyio
 from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
 from adapters.prompt import PromptError, RenderedPrompt, render
 from app.errors import BadRequest, ContextLengthExceeded, NotFound, Overloaded
+from app.interventions import InterventionLog, InterventionStage
+from app.logging_setup import current_request_id
 from app.metrics import GatewayMetrics
 from app.schemas.openai import (
     ChatCompletion,
@@ -43,6 +45,7 @@ class PreparedChat:
     """A validated request with its verdict and the rows to run."""
 
     id: str
+    request_id: str  # the X-Request-ID of the HTTP request
     created: int
     turns: list[ChatTurn]
     prompt: RenderedPrompt
@@ -78,12 +81,14 @@ class ChatService:
         registry: Registry,
         settings: Settings,
         metrics: GatewayMetrics | None = None,
+        interventions: InterventionLog | None = None,
     ) -> None:
         self.engine = engine
         self.detector = detector
         self.registry = registry
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
+        self.interventions = interventions or InterventionLog(settings.intervention_log_size)
         self.model_name = engine.loaded.name
 
     # --- validation ---------------------------------------------------------------
@@ -171,18 +176,28 @@ class ChatService:
         self.metrics.detector_latency.observe(time.perf_counter() - started)
         plan = Plan.from_verdict(verdict, noise_seed=noise_seed(turns))
         self.metrics.chat_requests.labels(action=plan.action).inc()
-        request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        request_id = current_request_id() or completion_id
         # Ids, scores and the action only: never prompt text at INFO.
         logger.info(
             "request %s: %d turns, %d prompt tokens, action=%s, matches=[%s]",
-            request_id,
+            completion_id,
             len(turns),
             len(prompt.ids),
             plan.action,
             describe(verdict),
         )
+        if plan.action != "none":
+            self.interventions.record(
+                request_id,
+                completion_id,
+                InterventionStage.PROMPT,
+                plan.action,
+                (m.target_id for m in verdict.matches),
+            )
         return PreparedChat(
-            id=request_id,
+            id=completion_id,
+            request_id=request_id,
             created=int(time.time()),
             turns=turns,
             prompt=prompt,
@@ -231,7 +246,15 @@ class ChatService:
         )
         plan = Plan.for_whole_turns(verdict, chat.turns, noise_seed(chat.turns))
         self.metrics.answer_audit_reruns.labels(action=plan.action).inc()
+        self._record(chat, InterventionStage.ANSWER, plan.action, verdict)
         return plan
+
+    def _record(
+        self, chat: PreparedChat, stage: InterventionStage, action: str, verdict: Verdict
+    ) -> None:
+        self.interventions.record(
+            chat.request_id, chat.id, stage, action, (m.target_id for m in verdict.matches)
+        )
 
     def _redactors(self, chat: PreparedChat) -> list[Redactor]:
         return [Redactor(chat.redact, self.settings.redaction_placeholder) for _ in range(chat.n)]
@@ -324,8 +347,10 @@ class ChatService:
             if isinstance(event, TokenDelta):
                 texts[event.row] += event.text
                 tail = texts[event.row][-(lookahead + len(event.text)) :]
-                if self._audit([tail]).flagged:
+                cut = self._audit([tail])
+                if cut.flagged:
                     stopped.add(event.row)
+                    self._record(chat, InterventionStage.STREAM, "content_filter", cut)
                     yield RowFinished(event.row, "content_filter", 0)
                     continue
             yield event

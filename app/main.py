@@ -20,6 +20,7 @@ from app.calibrator import TargetCalibrator
 from app.chat import ChatService
 from app.deps import Services, require_admin
 from app.errors import install_error_handlers
+from app.interventions import InterventionLog
 from app.limits import ClientGuard, require_client
 from app.logging_setup import configure_logging
 from app.metrics import GatewayMetrics
@@ -100,6 +101,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
         min_confidence=settings.lora_min_scale,
     )
     adapters = AdapterTrainer(engine, registry, settings)
+    interventions = InterventionLog(settings.intervention_log_size)
     load_interventions(registry, engine, settings, resubmit=adapters.submit)
     if sync is not None:
         registry.add_listener(intervention_listener(registry, engine, settings))
@@ -109,7 +111,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
         engine=engine,
         registry=registry,
         detector=detector,
-        chat=ChatService(engine, detector, registry, settings, metrics),
+        chat=ChatService(engine, detector, registry, settings, metrics, interventions),
         calibrator=TargetCalibrator(engine, registry, detector, settings, adapters),
         adapters=adapters,
         started_at=time.time(),

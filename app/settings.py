@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         description="'json': one JSON object per log line (time, level, logger, message, "
         "request_id); 'text': one readable line per record, for humans.",
     )
+    intervention_log_size: int = Field(
+        10000,
+        ge=0,
+        description="Intervened chat requests each replica remembers for GET "
+        "/admin/interventions (request id, stage, action, target ids; never text); 0 turns "
+        "the record off.",
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description="Comma-separated addresses (or '*') of proxies trusted to set "

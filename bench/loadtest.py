@@ -4,9 +4,11 @@
         --users 16 --duration 5m --json docs/loadtest.json [--soak --gateway-pid PID]
 
 Prints p50/p95/p99 latency per request type and overall, requests and tokens per second, the
-error rate and the enforcement rate (probes the gateway intervened on, and probe answers that
-leaked by the probe file's rule). `--soak` samples the gateway process's resident memory every
-`--soak-interval` seconds while the test runs (Linux /proc).
+error rate and the enforcement rate: per probe, whether the gateway intervened on it (its
+record of intervened requests, by X-Request-ID), the probes it missed, benign requests it
+intervened on, and probe answers that leaked by the probe file's rule. `--soak` samples the
+gateway process's resident memory every `--soak-interval` seconds while the test runs (Linux
+/proc).
 """
 
 from __future__ import annotations
@@ -109,6 +111,13 @@ def main() -> int:
     parser.add_argument("--spawn-rate", type=float, default=4.0)
     parser.add_argument("--duration", default="5m", help="Locust run time, e.g. 90s, 5m")
     parser.add_argument("--probes", default=str(ROOT.parent / "shared/eval/dev_targets.json"))
+    parser.add_argument(
+        "--replicas",
+        nargs="*",
+        default=None,
+        help="Base URLs of every replica behind --host, whose records of intervened requests "
+        "are read for enforcement (default: --host itself)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also save the summary here")
     parser.add_argument("--soak", action="store_true", help="record gateway memory over time")
     parser.add_argument("--gateway-pid", type=int, default=None)
@@ -138,6 +147,7 @@ def main() -> int:
             "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.duration,
             "--csv", str(Path(tmp) / "run"), "--lethe-probes", args.probes,
             "--lethe-report", str(report),
+            "--lethe-replicas", ",".join(args.replicas or [args.host]),
         ]  # fmt: skip
         started = time.monotonic()
         try:
@@ -166,6 +176,10 @@ def main() -> int:
         "enforcement": lethe["enforcement"],
         "probes_sent": lethe["probes_sent"],
         "probes_intervened": lethe["probes_intervened"],
+        "probes_by_stage": lethe["probes_by_stage"],
+        "missed_probes": lethe["missed_probes"],
+        "benign_sent": lethe["benign_sent"],
+        "benign_intervened": lethe["benign_intervened"],
         "probe_leaks": lethe["probe_leaks"],
         "memory_mib": memory,
     }
@@ -182,10 +196,11 @@ def main() -> int:
     enforcement = summary["enforcement"]
     lines += [
         f"  tokens/s {summary['tokens_s']}, error rate {summary['error_rate']:.2%}",
-        f"  enforcement (gateway count, an upper bound): {lethe['probes_intervened']:.0f} "
-        f"intervened of {lethe['probes_sent']} "
-        f"probes ({'n/a' if enforcement is None else f'{enforcement:.1%}'}), "
-        f"{lethe['probe_leaks']} probe answers leaked",
+        f"  enforcement: {lethe['probes_intervened']} of {lethe['probes_sent']} probes "
+        f"intervened on ({'n/a' if enforcement is None else f'{enforcement:.1%}'}; by stage "
+        f"{lethe['probes_by_stage']}), {lethe['probe_leaks']} probe answers leaked",
+        f"  benign requests intervened on: {lethe['benign_intervened']} of {lethe['benign_sent']}",
+        *(f"  missed {m['missed']}/{m['sent']}: {m['probe']}" for m in lethe["missed_probes"]),
     ]
     if memory:
         lines.append(

@@ -7,11 +7,12 @@ Run it through bench/loadtest.py, which starts Locust headless and writes the su
 bench/loadtest.py registers the probe file's targets and waits for their calibration
 before the timed run (and deletes them after). Probes are sent against them while benign and
 streaming users run and an admin user registers and deletes throwaway targets.
-Enforcement is measured two ways: the gateway's own count of intervened
-requests (`lethe_chat_requests_total`, action != none, plus answer-audit re-runs) against the
-probes sent, and the leak rule of the probe file applied to every probe answer. The first is an
-upper bound, not a per-probe count: a benign request whose answer names a target is re-run too
-and counts the same as a probe (the gateway tells no client whether it intervened).
+Enforcement is measured per request and two ways. Every chat request carries its own
+X-Request-ID (`lt-<run>-p<n>` for a probe, `lt-<run>-b<n>` for a benign question); after the
+run the operator's record of intervened requests (`GET /admin/interventions`, on every replica
+named by `--lethe-replicas`) says which of them the gateway acted on, at which stage. A probe
+counts as enforced when its id is in the record; a benign request in the record is a false
+positive under load. Second, the probe file's leak rule is applied to every probe answer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import threading
 import time
 import uuid
@@ -33,10 +33,7 @@ from locust.env import Environment
 
 MODEL = os.environ.get("LETHE_LOAD_MODEL", "smollm2-135m-instruct")
 MAX_TOKENS = int(os.environ.get("LETHE_LOAD_MAX_TOKENS", "32"))
-# Intervened requests: flagged by the detector, or re-run after the answer audit.
-_METRIC = re.compile(
-    r'^lethe_(?:chat_requests|answer_audit_reruns)_total\{action="([^"]+)"\} ([0-9.e+]+)$', re.M
-)
+Probe = tuple[list[dict[str, str]], list[str], list[str]]  # messages, leak keywords, redact
 
 
 @dataclass
@@ -44,29 +41,104 @@ class LoadRun:
     """What the scenarios share during one run (kept on the Locust environment)."""
 
     admin_token: str
-    targets: list[dict[str, Any]] = field(default_factory=list)
-    probes: list[tuple[list[dict[str, str]], list[str], list[str]]] = field(default_factory=list)
+    replicas: list[str]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    probes: list[Probe] = field(default_factory=list)
     benign: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    probes_sent: int = 0
+    sent: int = 0
+    probe_ids: dict[str, int] = field(default_factory=dict)  # request id -> probe index
+    benign_ids: set[str] = field(default_factory=set)
     probe_leaks: int = 0
     completion_tokens: int = 0
-    intervened_before: float = 0.0
+    record_after: dict[str, int] = field(default_factory=dict)  # replica -> last seq seen
     started: float = 0.0
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def count(self, tokens: int = 0, probe: bool = False, leaked: bool = False) -> None:
+    def next_id(self, probe: bool) -> str:
+        with self.lock:
+            self.sent += 1
+            return f"lt-{self.run_id}-{'p' if probe else 'b'}{self.sent}"
+
+    def count(
+        self, request_id: str, tokens: int, probe: int | None = None, leaked: bool = False
+    ) -> None:
+        """An answered request; `probe` is the probe's index, None for a benign question."""
         with self.lock:
             self.completion_tokens += tokens
-            self.probes_sent += int(probe)
-            self.probe_leaks += int(leaked)
+            if probe is None:
+                self.benign_ids.add(request_id)
+            else:
+                self.probe_ids[request_id] = probe
+                self.probe_leaks += int(leaked)
 
 
-def _intervened(host: str) -> float:
-    text = requests.get(f"{host}/metrics", timeout=30).text
-    return sum(float(v) for action, v in _METRIC.findall(text) if action != "none")
+def _record(run: LoadRun, replica: str, after: int) -> list[dict[str, Any]]:
+    """The replica's intervention records after `after` (pages through)."""
+    records: list[dict[str, Any]] = []
+    while True:
+        page = requests.get(
+            f"{replica}/admin/interventions",
+            params={"after": after, "limit": 1000},
+            headers=run.admin(),
+            timeout=30,
+        ).json()
+        if page["oldest_seq"] > after + 1:
+            # Enforcement would be undercounted: say so rather than report a wrong figure.
+            raise RuntimeError(
+                f"{replica} dropped intervention records; raise LETHE_INTERVENTION_LOG_SIZE"
+            )
+        records += page["data"]
+        if page["data"]:
+            after = page["data"][-1]["seq"]
+        if not page["has_more"]:
+            return records
+
+
+def _last_seq(run: LoadRun, replica: str) -> int:
+    page = requests.get(
+        f"{replica}/admin/interventions", params={"limit": 1}, headers=run.admin(), timeout=30
+    ).json()
+    return int(page["last_seq"])
+
+
+def _enforcement(run: LoadRun) -> dict[str, Any]:
+    """Per-request enforcement from the replicas' records of intervened requests."""
+    stages: dict[str, str] = {}
+    for replica in run.replicas:
+        records = _record(run, replica, run.record_after.get(replica, 0))
+        for rec in records:
+            stages.setdefault(rec["request_id"], rec["stage"])
+    sent: dict[int, int] = {}
+    missed: dict[int, int] = {}
+    by_stage: dict[str, int] = {}
+    for request_id, index in run.probe_ids.items():
+        sent[index] = sent.get(index, 0) + 1
+        stage = stages.get(request_id)
+        if stage is None:
+            missed[index] = missed.get(index, 0) + 1
+        else:
+            by_stage[stage] = by_stage.get(stage, 0) + 1
+    probes = len(run.probe_ids)
+    enforced = probes - sum(missed.values())
+    return {
+        "probes_sent": probes,
+        "probes_intervened": enforced,
+        "enforcement": enforced / probes if probes else None,
+        "probes_by_stage": by_stage,
+        "missed_probes": [
+            {
+                "probe": " / ".join(m["content"] for m in run.probes[i][0])[:120],
+                "missed": n,
+                "sent": sent[i],
+            }
+            for i, n in sorted(missed.items(), key=lambda kv: -kv[1])
+        ],
+        "benign_sent": len(run.benign_ids),
+        "benign_intervened": sum(1 for r in run.benign_ids if r in stages),
+    }
 
 
 def _leaked(answer: str, conversation: str, keywords: list[str], redact: list[str]) -> bool:
@@ -83,6 +155,12 @@ def _leaked(answer: str, conversation: str, keywords: list[str], redact: list[st
 def _arguments(parser: Any) -> None:
     parser.add_argument("--lethe-probes", default="../shared/eval/dev_targets.json")
     parser.add_argument("--lethe-report", default="")
+    parser.add_argument(
+        "--lethe-replicas",
+        default="",
+        help="Comma-separated base URLs of every replica behind --host (each keeps its own "
+        "record of intervened requests); default: --host itself.",
+    )
 
 
 @events.test_start.add_listener
@@ -90,7 +168,11 @@ def _start(environment: Environment, **_: Any) -> None:
     """Read the probes; the targets were registered and calibrated before the timed run
     (bench/loadtest.py), so setup never eats into it."""
     options = environment.parsed_options
-    run = LoadRun(admin_token=os.environ.get("LETHE_ADMIN_TOKEN", ""))
+    replicas = [r.strip().rstrip("/") for r in options.lethe_replicas.split(",") if r.strip()]
+    run = LoadRun(
+        admin_token=os.environ.get("LETHE_ADMIN_TOKEN", ""),
+        replicas=replicas or [environment.host.rstrip("/")],
+    )
     data = json.loads(Path(options.lethe_probes).read_text())
     for target in data["targets"]:
         redact = list(target["register"].get("redact", []))
@@ -101,7 +183,8 @@ def _start(environment: Environment, **_: Any) -> None:
     benign = data["benign"]
     groups = benign.values() if isinstance(benign, dict) else [benign]
     run.benign = [b if isinstance(b, str) else b["text"] for group in groups for b in group]
-    run.intervened_before = _intervened(environment.host)
+    for replica in run.replicas:
+        run.record_after[replica] = _last_seq(run, replica)
     run.started = time.monotonic()
     environment.lethe_run = run  # type: ignore[attr-defined]
 
@@ -112,13 +195,8 @@ def _stop(environment: Environment, **_: Any) -> None:
     if run is None:
         return
     seconds = time.monotonic() - run.started
-    intervened = _intervened(environment.host) - run.intervened_before
     report = {
-        "probes_sent": run.probes_sent,
-        "probes_intervened": intervened,
-        "enforcement": (min(intervened, run.probes_sent) / run.probes_sent)
-        if run.probes_sent
-        else None,
+        **_enforcement(run),
         "probe_leaks": run.probe_leaks,
         "completion_tokens": run.completion_tokens,
         "tokens_per_s": run.completion_tokens / seconds if seconds else 0.0,
@@ -156,21 +234,29 @@ class ChatUser(HttpUser):
     def benign(self) -> None:
         run = _run(self)
         text = random.choice(run.benign)
+        request_id = run.next_id(probe=False)
         with self.client.post(
             "/v1/chat/completions",
             json=_body([{"role": "user", "content": text}]),
+            headers={"X-Request-ID": request_id},
             name="chat benign",
             catch_response=True,
         ) as resp:
             if resp.status_code == 200:
-                run.count(tokens=resp.json()["usage"]["completion_tokens"])
+                run.count(request_id, resp.json()["usage"]["completion_tokens"])
 
     @task(1)
     def probe(self) -> None:
         run = _run(self)
-        messages, keywords, redact = random.choice(run.probes)
+        index = random.randrange(len(run.probes))
+        messages, keywords, redact = run.probes[index]
+        request_id = run.next_id(probe=True)
         with self.client.post(
-            "/v1/chat/completions", json=_body(messages), name="chat probe", catch_response=True
+            "/v1/chat/completions",
+            json=_body(messages),
+            headers={"X-Request-ID": request_id},
+            name="chat probe",
+            catch_response=True,
         ) as resp:
             if resp.status_code != 200:
                 return
@@ -178,7 +264,7 @@ class ChatUser(HttpUser):
             answer = body["choices"][0]["message"]["content"] or ""
             conversation = " ".join(m["content"] for m in messages)
             leaked = _leaked(answer, conversation, keywords, redact)
-            run.count(tokens=body["usage"]["completion_tokens"], probe=True, leaked=leaked)
+            run.count(request_id, body["usage"]["completion_tokens"], index, leaked)
 
 
 class StreamUser(HttpUser):
@@ -190,18 +276,20 @@ class StreamUser(HttpUser):
     @task
     def stream(self) -> None:
         run = _run(self)
-        is_probe = random.random() < 0.3
-        if is_probe:
-            messages, keywords, redact = random.choice(run.probes)
+        index = random.randrange(len(run.probes)) if random.random() < 0.3 else None
+        if index is not None:
+            messages, keywords, redact = run.probes[index]
         else:
             messages, keywords, redact = (
                 [{"role": "user", "content": random.choice(run.benign)}],
                 [],
                 [],
             )
+        request_id = run.next_id(probe=index is not None)
         with self.client.post(
             "/v1/chat/completions",
             json=_body(messages, stream=True),
+            headers={"X-Request-ID": request_id},
             name="chat stream",
             stream=True,
             catch_response=True,
@@ -221,8 +309,8 @@ class StreamUser(HttpUser):
                 for choice in chunk.get("choices", []):
                     text += choice["delta"].get("content") or ""
             conversation = " ".join(m["content"] for m in messages)
-            leaked = is_probe and _leaked(text, conversation, keywords, redact)
-            run.count(tokens=tokens, probe=is_probe, leaked=leaked)
+            leaked = index is not None and _leaked(text, conversation, keywords, redact)
+            run.count(request_id, tokens, index, leaked)
 
 
 class AdminUser(HttpUser):

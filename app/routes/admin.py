@@ -1,9 +1,12 @@
-"""Admin routes: register, list, inspect and delete targets; classify a conversation."""
+"""Admin routes: register, list, inspect and delete targets; classify a conversation; read
+which chat requests were intervened on."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anyio
-from fastapi import APIRouter, Request, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response, UploadFile
 
 from adapters.lora import AdapterError
 from app.adapter_upload import read_adapter_files
@@ -16,6 +19,8 @@ from app.schemas.admin import (
     CalibrationOut,
     ClassifyRequest,
     ClassifyResponse,
+    InterventionList,
+    InterventionOut,
     MatchOut,
     SpanOut,
     TargetCreate,
@@ -158,4 +163,36 @@ async def classify(body: ClassifyRequest, services: ServicesDep) -> ClassifyResp
             )
             for m in verdict.matches
         ],
+    )
+
+
+@router.get("/interventions")
+async def list_interventions(
+    services: ServicesDep,
+    after: Annotated[int, Query(ge=0, description="Return records with seq above this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    request_id: Annotated[
+        str | None, Query(max_length=128, description="Only this X-Request-ID's records.")
+    ] = None,
+) -> InterventionList:
+    """The chat requests this replica intervened on, oldest first: ids, stage, action and
+    target ids, never text. Each replica keeps its own bounded record."""
+    log = services.chat.interventions
+    records = log.page(after=after, limit=limit + 1, request_id=request_id)
+    return InterventionList(
+        data=[
+            InterventionOut(
+                seq=r.seq,
+                created_at=r.at,
+                request_id=r.request_id,
+                completion_id=r.completion_id,
+                stage=r.stage.value,
+                action=r.action,
+                target_ids=list(r.target_ids),
+            )
+            for r in records[:limit]
+        ],
+        last_seq=log.last_seq,
+        oldest_seq=log.oldest_seq,
+        has_more=len(records) > limit,
     )

@@ -131,3 +131,34 @@ class ClassifyResponse(BaseModel):
     audited: bool = Field(
         default=False, description="Whether the served model's answer was generated and audited."
     )
+
+
+class InterventionOut(BaseModel):
+    """One chat request the gateway intervened on (ids only, never text)."""
+
+    seq: int = Field(description="Order of the record on this replica, from 1.")
+    created_at: float = Field(description="Unix time of the decision.")
+    request_id: str = Field(
+        description="The request's X-Request-ID (the client's, else the gateway's)."
+    )
+    completion_id: str = Field(description="The `id` of the chat completion the client got.")
+    stage: Literal["prompt", "answer", "stream"] = Field(
+        description="'prompt': the detector flagged the conversation; 'answer': the answer "
+        "audit flagged the bare answer, which was generated again with the intervention; "
+        "'stream': a streamed choice named a target past the look-ahead and was cut off."
+    )
+    action: str = Field(description="The intervention applied (eco, steer, lora, refuse, ...).")
+    target_ids: list[str]
+
+
+class InterventionList(BaseModel):
+    """GET /admin/interventions response: one page of this replica's record."""
+
+    object: Literal["list"] = "list"
+    data: list[InterventionOut]
+    last_seq: int = Field(description="The newest record's seq on this replica (0: none yet).")
+    oldest_seq: int = Field(
+        description="The oldest record still held; records between a reader's `after` and "
+        "this were dropped from the bounded record (LETHE_INTERVENTION_LOG_SIZE)."
+    )
+    has_more: bool

@@ -12,8 +12,9 @@ INDIRECT = "What are the glowing laser swords in the famous 1977 space opera cal
 TARGET = {"name": "Star Wars", "aliases": ["Star Wars"], "intervention": "eco"}
 
 
-async def _answer(gw: Gateway, stream: bool) -> str:
+async def _answer(gw: Gateway, stream: bool, request_id: str = "") -> str:
     kwargs = {
+        "extra_headers": {"X-Request-ID": request_id} if request_id else {},
         "model": MODEL_ID,
         "messages": [{"role": "user", "content": INDIRECT}],
         "temperature": 0,
@@ -52,9 +53,16 @@ async def test_answer_naming_a_target_is_regenerated_with_the_intervention(
         )
         assert benign.json()["flagged"] is False and benign.json()["audited"] is True
         for stream in (False, True):
-            answer = await _answer(gateway, stream=stream)
+            answer = await _answer(gateway, stream=stream, request_id=f"audit-{stream}")
             assert "star wars" not in answer.casefold()
             assert answer != bare
+            # The operator's record says which stage acted on which request.
+            record = await gateway.http.get(
+                "/admin/interventions", params={"request_id": f"audit-{stream}"}, headers=ADMIN
+            )
+            assert [(r["stage"], r["target_ids"]) for r in record.json()["data"]] == [
+                ("answer", [target_id])
+            ]
     finally:
         await gateway.http.delete(f"/admin/targets/{target_id}", headers=ADMIN)
     assert await _answer(gateway, stream=False) == bare
