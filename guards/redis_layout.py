@@ -142,7 +142,7 @@ def decode_target(target_id: str, record: bytes, cal: bytes | None) -> Target:
     data = json.loads(record)
     return Target(
         id=target_id,
-        created_at=int(data["created_at"]),
+        created_at=float(data["created_at"]),
         spec=_spec_from_json(json.dumps(data["spec"])),
         calibration=_calibration_from_json(cal.decode() if cal else "{}"),
     )

@@ -84,9 +84,11 @@ class Registry:
         # so request threads can read them while a write lands; a request looks up its own
         # words, never walks every target (at 20k targets a walk cost ~10 ms).
         self._fact_owners: dict[str, frozenset[str]] = {}
-        # Per-request views over all targets, rebuilt on first use after a change.
-        self._generation = 0
-        self._redact: tuple[int, tuple[str, ...]] = (-1, ())
+        # Never-emit strings of the targets that have any, and their concatenation, which
+        # every chat request reads: rebuilt only when a target with redact strings comes or
+        # goes (calibration progress writes to a target many times and must not rebuild it).
+        self._redact_of: dict[str, tuple[str, ...]] = {}
+        self._redact: tuple[str, ...] = ()
 
     # --- reads ----------------------------------------------------------------------
     def get(self, target_id: str) -> Target | None:
@@ -109,33 +111,34 @@ class Registry:
         ids = {i for owners in list(self._fact_owners.values()) for i in owners}
         return tuple(t for i in sorted(ids) if (t := self._targets.get(i)) is not None)
 
-    # NOTE: a view is labelled with the generation read *before* it is built, so a change
-    # that lands while it is built makes the next call build it again.
     def redact_strings(self) -> tuple[str, ...]:
         """Every live target's never-emit strings (in no particular order)."""
-        generation = self._generation
-        if self._redact[0] != generation:
-            targets = list(self._targets.values())
-            self._redact = (generation, tuple(s for t in targets for s in t.spec.redact))
-        return self._redact[1]
-
-    def _changed(self) -> None:
-        self._generation += 1
+        return self._redact
 
     def _put(self, target: Target) -> None:
         """Make `target` live (under the write lock)."""
         old = self._targets.get(target.id)
         self._targets[target.id] = target
         self._index_facts(target.id, old, target)
-        self._changed()
+        self._index_redact(target.id, target.spec.redact)
 
     def _drop(self, target_id: str) -> bool:
         """Make a target no longer live (under the write lock); whether it was."""
         old = self._targets.pop(target_id, None)
         self._index_facts(target_id, old, None)
+        self._index_redact(target_id, ())
         self._unenforce(target_id)
-        self._changed()
         return old is not None
+
+    def _index_redact(self, target_id: str, strings: tuple[str, ...]) -> None:
+        if self._redact_of.get(target_id, ()) == strings:
+            return
+        if strings:
+            self._redact_of[target_id] = strings
+        else:
+            self._redact_of.pop(target_id, None)
+        # Replaced, never mutated: request threads read it without the lock.
+        self._redact = tuple(s for owned in self._redact_of.values() for s in owned)
 
     def _index_facts(self, target_id: str, old: Target | None, new: Target | None) -> None:
         before = set(old.calibration.fact_terms) if old is not None else set()
@@ -242,7 +245,7 @@ class Registry:
 
     def add(self, spec: TargetSpec) -> Target:
         """Register a target: calibrate, persist, then enforce."""
-        target = Target(id=f"tgt_{uuid.uuid4().hex[:24]}", spec=spec, created_at=int(time.time()))
+        target = Target(id=f"tgt_{uuid.uuid4().hex[:24]}", spec=spec, created_at=time.time())
         vectors = self.embedder.encode(target.vector_texts())
         about = self._about(target)  # both thresholds leave out the same corpus prompts
         threshold = self._threshold(target, vectors, about)

@@ -54,7 +54,7 @@ class TargetStore(Protocol):
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS targets (
     id TEXT PRIMARY KEY,
-    created_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,  -- unix time; SQLite keeps sub-second values as REAL
     spec TEXT NOT NULL,
     calibration TEXT NOT NULL
 );
@@ -246,7 +246,7 @@ class SqliteTargetStore:
             return [
                 Target(
                     id=row[0],
-                    created_at=int(row[1]),
+                    created_at=float(row[1]),
                     spec=_spec_from_json(row[2]),
                     calibration=_calibration_from_json(row[3]),
                 )

@@ -98,7 +98,7 @@ class Target:
 
     id: str
     spec: TargetSpec
-    created_at: int  # unix seconds
+    created_at: float  # unix time; sub-second, so the registry lists targets in order
     calibration: Calibration = field(default_factory=Calibration)
     status: str = "active"
 

@@ -46,7 +46,7 @@ def target_out(target: Target) -> TargetOut:
         redact=list(spec.redact),
         intervention=spec.intervention.value,
         status=target.status,
-        created_at=target.created_at,
+        created_at=int(target.created_at),
         method=target.method().value,
         calibration=CalibrationOut(
             state=cal.state.value,

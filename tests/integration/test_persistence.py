@@ -97,6 +97,51 @@ def test_fact_terms_follow_calibration_restart_and_deletion(
         second.store.close()
 
 
+def test_redact_strings_follow_targets_and_restart_not_calibration_writes(
+    tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
+) -> None:
+    """Every chat request reads the never-emit strings: they follow registrations, removals
+    and restarts, and the many calibration writes to a target leave them as they are."""
+    db = tmp_path / "registry.db"
+    first = registry_at(db, embedder, corpus)
+    target = first.add(ZORBLAX)
+    plain = first.add(TargetSpec(name="Plimbertine Oxwaddle"))
+    strings = first.redact_strings()
+    assert strings == ("zorblax@example.org",)
+    for progress in (0.1, 0.5, 0.9):
+        assert first.update_calibration(target.id, progress=progress)
+    assert first.redact_strings() is strings  # not rebuilt by calibration progress
+    other = first.add(TargetSpec(name="Quorrith Banville", redact=("+1 212 555 0199",)))
+    assert sorted(first.redact_strings()) == ["+1 212 555 0199", "zorblax@example.org"]
+    assert first.remove(plain.id)
+    first.store.close()
+
+    second = registry_at(db, embedder, corpus)
+    try:
+        assert sorted(second.redact_strings()) == ["+1 212 555 0199", "zorblax@example.org"]
+        assert second.remove(target.id)
+        assert second.redact_strings() == ("+1 212 555 0199",)
+        assert second.remove(other.id)
+        assert second.redact_strings() == ()
+    finally:
+        second.store.close()
+
+
+def test_targets_list_in_registration_order_within_a_second_and_after_restart(
+    tmp_path: Path, embedder: SentenceEmbedder, corpus: BenignCorpus
+) -> None:
+    db = tmp_path / "registry.db"
+    first = registry_at(db, embedder, corpus)
+    added = [first.add(TargetSpec(name=f"Ordered Person {i}")).id for i in range(6)]
+    assert [t.id for t in first.list()] == added
+    first.store.close()
+    second = registry_at(db, embedder, corpus)
+    try:
+        assert [t.id for t in second.list()] == added
+    finally:
+        second.store.close()
+
+
 # --- registry-level restarts ------------------------------------------------------------
 
 
