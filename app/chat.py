@@ -13,7 +13,7 @@ import anyio
 from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
 from adapters.prompt import PromptError, RenderedPrompt, render
 from app.errors import BadRequest, ContextLengthExceeded, NotFound, Overloaded
-from app.interventions import InterventionLog, InterventionStage
+from app.interventions import InterventionLog, InterventionRecorder, InterventionStage
 from app.logging_setup import current_request_id
 from app.metrics import GatewayMetrics
 from app.schemas.openai import (
@@ -81,14 +81,16 @@ class ChatService:
         registry: Registry,
         settings: Settings,
         metrics: GatewayMetrics | None = None,
-        interventions: InterventionLog | None = None,
+        interventions: InterventionRecorder | None = None,
     ) -> None:
         self.engine = engine
         self.detector = detector
         self.registry = registry
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
-        self.interventions = interventions or InterventionLog(settings.intervention_log_size)
+        self.interventions: InterventionRecorder = interventions or InterventionLog(
+            settings.intervention_log_size
+        )
         self.model_name = engine.loaded.name
 
     # --- validation ---------------------------------------------------------------

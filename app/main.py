@@ -20,7 +20,7 @@ from app.calibrator import TargetCalibrator
 from app.chat import ChatService
 from app.deps import Services, require_admin
 from app.errors import install_error_handlers
-from app.interventions import InterventionLog
+from app.interventions import InterventionLog, InterventionRecorder, SharedInterventionLog
 from app.limits import ClientGuard, require_client
 from app.logging_setup import configure_logging
 from app.metrics import GatewayMetrics
@@ -36,10 +36,19 @@ from guards.index import FaissVectorIndex
 from guards.onnx_embedder import open_embedder
 from guards.redis_store import RedisTargetStore
 from guards.registry import Registry
-from guards.store import open_store
+from guards.store import TargetStore, open_store
 from guards.targets import CalibrationState
 
 logger = logging.getLogger(__name__)
+
+
+def intervention_recorder(settings: Settings, store: TargetStore) -> InterventionRecorder:
+    """Where intervened requests are recorded: Redis when replicas share the registry there
+    (any replica then answers for all), else this process's memory."""
+    if isinstance(store, RedisTargetStore):
+        client = RedisTargetStore.client_for(settings.resolved_registry_url())
+        return SharedInterventionLog(client, settings.intervention_log_size)
+    return InterventionLog(settings.intervention_log_size)
 
 
 def detector_embedder(settings: Settings) -> Embedder:
@@ -101,7 +110,7 @@ def build_services(settings: Settings, metrics: GatewayMetrics | None = None) ->
         min_confidence=settings.lora_min_scale,
     )
     adapters = AdapterTrainer(engine, registry, settings)
-    interventions = InterventionLog(settings.intervention_log_size)
+    interventions = intervention_recorder(settings, store)
     load_interventions(registry, engine, settings, resubmit=adapters.submit)
     if sync is not None:
         registry.add_listener(intervention_listener(registry, engine, settings))
@@ -154,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.calibrator.stop()
             await services.adapters.stop()
             services.engine.close()
+            services.chat.interventions.close()
             if services.sync is not None:
                 services.sync.stop()
             services.registry.store.close()

@@ -114,9 +114,9 @@ class Settings(BaseSettings):
     intervention_log_size: int = Field(
         10000,
         ge=0,
-        description="Intervened chat requests each replica remembers for GET "
-        "/admin/interventions (request id, stage, action, target ids; never text); 0 turns "
-        "the record off.",
+        description="Intervened chat requests kept for GET /admin/interventions (request id, "
+        "stage, action, target ids; never text): in Redis, shared by the replicas, when the "
+        "registry is there, else in memory; 0 turns the record off.",
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",

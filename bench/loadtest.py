@@ -115,8 +115,8 @@ def main() -> int:
         "--replicas",
         nargs="*",
         default=None,
-        help="Base URLs of every replica behind --host, whose records of intervened requests "
-        "are read for enforcement (default: --host itself)",
+        help="Base URLs of gateways whose records of intervened requests are read for "
+        "enforcement; replicas on one Redis share one (default: --host itself)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also save the summary here")
     parser.add_argument("--soak", action="store_true", help="record gateway memory over time")

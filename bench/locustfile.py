@@ -9,8 +9,9 @@ before the timed run (and deletes them after). Probes are sent against them whil
 streaming users run and an admin user registers and deletes throwaway targets.
 Enforcement is measured per request and two ways. Every chat request carries its own
 X-Request-ID (`lt-<run>-p<n>` for a probe, `lt-<run>-b<n>` for a benign question); after the
-run the operator's record of intervened requests (`GET /admin/interventions`, on every replica
-named by `--lethe-replicas`) says which of them the gateway acted on, at which stage. A probe
+run the operator's record of intervened requests (`GET /admin/interventions`: shared by
+replicas on one Redis; `--lethe-replicas` names gateways that keep their own) says which of
+them the gateway acted on, at which stage. A probe
 counts as enforced when its id is in the record; a benign request in the record is a false
 positive under load. Second, the probe file's leak rule is applied to every probe answer.
 """
@@ -158,8 +159,8 @@ def _arguments(parser: Any) -> None:
     parser.add_argument(
         "--lethe-replicas",
         default="",
-        help="Comma-separated base URLs of every replica behind --host (each keeps its own "
-        "record of intervened requests); default: --host itself.",
+        help="Comma-separated base URLs of gateways whose records of intervened requests to "
+        "read (replicas on one Redis share theirs); default: --host itself.",
     )
 
 

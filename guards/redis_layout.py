@@ -12,6 +12,9 @@ Layout (every key under `lethe:`):
     art:<id>        HASH    artifact kind -> bytes (steering vectors, LoRA weights)
     changes         STREAM  one entry per write: v (version), op (put|cal|del|art), id, kind, o
                             (origin replica); trimmed to about STREAM_MAXLEN entries
+    interventions   ZSET    the record of intervened chat requests (app/interventions.py):
+                            member "<seq> <JSON>", score seq; trimmed to the newest N
+    interventions:seq INT   the last seq given out
 
 Each write is one Lua script, so Redis applies it whole or not at all, and the version it
 takes, the records it changes and its change-log entry are one atomic step. The scripts are
@@ -30,6 +33,21 @@ from guards.targets import Target
 
 PREFIX = "lethe:"
 STREAM_MAXLEN = 10_000
+INTERVENTION_RECORDS = PREFIX + "interventions"
+INTERVENTION_SEQ = PREFIX + "interventions:seq"
+
+RECORD_INTERVENTIONS_SCRIPT = """
+-- KEYS: seq records; ARGV: capacity record-JSON...
+local cap = tonumber(ARGV[1])
+local last = 0
+for i = 2, #ARGV do
+  last = redis.call('INCR', KEYS[1])
+  redis.call('ZADD', KEYS[2], last, last .. ' ' .. ARGV[i])
+end
+local n = redis.call('ZCARD', KEYS[2])
+if n > cap then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - cap - 1) end
+return last
+"""
 
 ADD_SCRIPT = """
 -- KEYS: version spec cal tver vec changes; ARGV: id record cal vectors origin maxlen

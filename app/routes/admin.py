@@ -13,7 +13,7 @@ from app.adapter_upload import read_adapter_files
 from app.chat import to_turns
 from app.classification import ConversationClassifier
 from app.deps import ServicesDep
-from app.errors import NotFound, Unprocessable
+from app.errors import NotFound, Unavailable, Unprocessable
 from app.schemas.admin import (
     AdapterOut,
     CalibrationOut,
@@ -28,6 +28,7 @@ from app.schemas.admin import (
     TargetOut,
 )
 from app.schemas.openai import ChatCompletionRequest
+from guards.store import StoreUnavailable
 from guards.targets import Intervention, Target, TargetSpec
 from guards.verdict import ChatTurn
 
@@ -175,10 +176,15 @@ async def list_interventions(
         str | None, Query(max_length=128, description="Only this X-Request-ID's records.")
     ] = None,
 ) -> InterventionList:
-    """The chat requests this replica intervened on, oldest first: ids, stage, action and
-    target ids, never text. Each replica keeps its own bounded record."""
-    log = services.chat.interventions
-    records = log.page(after=after, limit=limit + 1, request_id=request_id)
+    """The chat requests the gateway intervened on, oldest first: ids, stage, action and
+    target ids, never text. Replicas sharing a registry in Redis share this record; a lone
+    gateway keeps it in memory."""
+    try:
+        page = await anyio.to_thread.run_sync(
+            lambda: services.chat.interventions.read(after, limit, request_id)
+        )
+    except StoreUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
     return InterventionList(
         data=[
             InterventionOut(
@@ -190,9 +196,9 @@ async def list_interventions(
                 action=r.action,
                 target_ids=list(r.target_ids),
             )
-            for r in records[:limit]
+            for r in page.records
         ],
-        last_seq=log.last_seq,
-        oldest_seq=log.oldest_seq,
-        has_more=len(records) > limit,
+        last_seq=page.last_seq,
+        oldest_seq=page.oldest_seq,
+        has_more=page.has_more,
     )

@@ -155,9 +155,12 @@ def register(client: httpx.Client, name: str, **fields: Any) -> dict[str, Any]:
     return body
 
 
-def chat(client: httpx.Client, text: str, max_tokens: int = 4) -> httpx.Response:
+def chat(
+    client: httpx.Client, text: str, max_tokens: int = 4, request_id: str | None = None
+) -> httpx.Response:
     return client.post(
         "/v1/chat/completions",
+        headers={"X-Request-ID": request_id} if request_id else {},
         json={
             "model": MODEL_ID,
             "messages": [{"role": "user", "content": text}],
@@ -165,6 +168,14 @@ def chat(client: httpx.Client, text: str, max_tokens: int = 4) -> httpx.Response
             "temperature": 0,
         },
     )
+
+
+def recorded(client: httpx.Client) -> list[dict[str, Any]]:
+    """Every record of intervened requests the replica can read."""
+    r = client.get("/admin/interventions", params={"limit": 1000}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    records: list[dict[str, Any]] = r.json()["data"]
+    return records
 
 
 def redis_version(cluster: Cluster) -> int:
@@ -211,10 +222,22 @@ def test_registration_on_one_replica_is_enforced_on_the_other(cluster: Cluster) 
             ),
             what="B's workers flagging the target registered on A",
         )
-        for client in (a, b, b):
-            r = chat(client, "Who is Zorblax Quintavenue?")
+        for n, client in enumerate((a, b, b)):
+            r = chat(client, "Who is Zorblax Quintavenue?", request_id=f"shared-record-{n}")
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["message"]["content"] == REFUSAL
+        # The record of intervened requests is shared: A answers for B's workers too.
+        eventually(
+            lambda: (
+                {
+                    (r["request_id"], r["stage"], r["action"], tuple(r["target_ids"]))
+                    for r in recorded(a)
+                    if r["request_id"].startswith("shared-record-")
+                }
+                == {(f"shared-record-{n}", "prompt", "refuse", (target["id"],)) for n in range(3)}
+            ),
+            what="A's record holding the requests B intervened on",
+        )
         listed = b.get(f"/admin/targets/{target['id']}", headers=ADMIN)
         assert listed.status_code == 200 and listed.json()["name"] == "Zorblax Quintavenue"
 
@@ -357,8 +380,11 @@ def test_redis_outage_and_recovery(cluster: Cluster) -> None:
         assert_error_shape(r.json(), code="registry_unavailable")
         names = {t["name"] for t in a.get("/admin/targets", headers=ADMIN).json()["data"]}
         assert "Quenby Marrowfat" in names and "Written During Outage" not in names
-        r = chat(a, "Who is Quenby Marrowfat?")
+        r = chat(a, "Who is Quenby Marrowfat?", request_id="during-outage")
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REFUSAL
+        r = a.get("/admin/interventions", headers=ADMIN)  # the shared record is in Redis
+        assert r.status_code == 503
+        assert_error_shape(r.json(), code="unavailable")
         r = chat(a, "What is the capital of France?", max_tokens=2)
         assert r.status_code == 200  # fail-open replica keeps serving
 
@@ -387,6 +413,12 @@ def test_redis_outage_and_recovery(cluster: Cluster) -> None:
         assert any("Quenby Marrowfat" in v for v in stored)
         r = chat(b, "Who is Quenby Marrowfat?")
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == REFUSAL
+        # The record A queued while Redis was down was written once it came back.
+        eventually(
+            lambda: [r["request_id"] for r in recorded(b)].count("during-outage") >= 1,
+            timeout=30,
+            what="the record kept through the outage",
+        )
         later = register(a, "Written After Outage Tumbleweed", intervention="refuse")
         eventually(
             lambda: on_every_worker(
