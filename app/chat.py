@@ -13,7 +13,12 @@ import anyio
 from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
 from adapters.prompt import PromptError, RenderedPrompt, render
 from app.errors import BadRequest, ContextLengthExceeded, NotFound, Overloaded
-from app.interventions import InterventionLog, InterventionRecorder, InterventionStage
+from app.interventions import (
+    Intervention,
+    InterventionLog,
+    InterventionRecorder,
+    InterventionStage,
+)
 from app.logging_setup import current_request_id
 from app.metrics import GatewayMetrics
 from app.schemas.openai import (
@@ -189,15 +194,7 @@ class ChatService:
             plan.action,
             describe(verdict),
         )
-        if plan.action != "none":
-            self.interventions.record(
-                request_id,
-                completion_id,
-                InterventionStage.PROMPT,
-                plan.action,
-                (m.target_id for m in verdict.matches),
-            )
-        return PreparedChat(
+        chat = PreparedChat(
             id=completion_id,
             request_id=request_id,
             created=int(time.time()),
@@ -210,6 +207,9 @@ class ChatService:
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
             redact=self.registry.redact_strings(),
         )
+        if plan.action != "none":
+            self._record(chat, InterventionStage.PROMPT, plan.action, verdict)
+        return chat
 
     # --- generation ---------------------------------------------------------------
     async def _events(
@@ -255,7 +255,9 @@ class ChatService:
         self, chat: PreparedChat, stage: InterventionStage, action: str, verdict: Verdict
     ) -> None:
         self.interventions.record(
-            chat.request_id, chat.id, stage, action, (m.target_id for m in verdict.matches)
+            Intervention.of(
+                chat.request_id, chat.id, stage, action, (m.target_id for m in verdict.matches)
+            )
         )
 
     def _redactors(self, chat: PreparedChat) -> list[Redactor]:

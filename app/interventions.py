@@ -39,16 +39,34 @@ class InterventionStage(StrEnum):
 
 
 @dataclass(frozen=True)
-class InterventionRecord:
-    """One intervened chat request (no text)."""
+class Intervention:
+    """One decision to act on a chat request, as the chat service reports it (no text)."""
 
-    seq: int
-    at: float  # unix time
     request_id: str
     completion_id: str
     stage: InterventionStage
     action: str
     target_ids: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        request_id: str,
+        completion_id: str,
+        stage: InterventionStage,
+        action: str,
+        target_ids: Iterable[str],
+    ) -> Intervention:
+        """An intervention with its target ids de-duplicated, in order."""
+        return cls(request_id, completion_id, stage, action, tuple(dict.fromkeys(target_ids)))
+
+
+@dataclass(frozen=True)
+class InterventionRecord(Intervention):
+    """An intervention as recorded: numbered in order and timed."""
+
+    seq: int
+    created_at: float  # unix time
 
 
 @dataclass(frozen=True)
@@ -64,14 +82,7 @@ class InterventionPage:
 class InterventionRecorder(Protocol):
     """What the chat service records into and the admin API reads from."""
 
-    def record(
-        self,
-        request_id: str,
-        completion_id: str,
-        stage: InterventionStage,
-        action: str,
-        target_ids: Iterable[str],
-    ) -> None: ...
+    def record(self, intervention: Intervention) -> None: ...
 
     def read(
         self, after: int = 0, limit: int = 100, request_id: str | None = None
@@ -108,29 +119,14 @@ class InterventionLog:
         self._lock = threading.Lock()
         self._seq = 0
 
-    def record(
-        self,
-        request_id: str,
-        completion_id: str,
-        stage: InterventionStage,
-        action: str,
-        target_ids: Iterable[str],
-    ) -> None:
+    def record(self, intervention: Intervention) -> None:
         """Keep one record (nothing when the log is off, capacity 0)."""
         if self.capacity <= 0:
             return
         with self._lock:
             self._seq += 1
             self._records.append(
-                InterventionRecord(
-                    seq=self._seq,
-                    at=time.time(),
-                    request_id=request_id,
-                    completion_id=completion_id,
-                    stage=stage,
-                    action=action,
-                    target_ids=tuple(dict.fromkeys(target_ids)),
-                )
+                InterventionRecord(**vars(intervention), seq=self._seq, created_at=time.time())
             )
 
     def read(
@@ -172,27 +168,11 @@ class SharedInterventionLog:
         )
         self._thread.start()
 
-    def record(
-        self,
-        request_id: str,
-        completion_id: str,
-        stage: InterventionStage,
-        action: str,
-        target_ids: Iterable[str],
-    ) -> None:
+    def record(self, intervention: Intervention) -> None:
         """Queue one record for Redis (nothing when the record is off, capacity 0)."""
         if self.capacity <= 0:
             return
-        body = json.dumps(
-            {
-                "at": time.time(),
-                "request_id": request_id,
-                "completion_id": completion_id,
-                "stage": stage.value,
-                "action": action,
-                "target_ids": list(dict.fromkeys(target_ids)),
-            }
-        )
+        body = json.dumps({**vars(intervention), "created_at": time.time()})
         with self._cond:
             if len(self._queue) >= self.capacity:
                 self._queue.popleft()
@@ -290,7 +270,7 @@ def _decode(member: bytes | str) -> InterventionRecord:
     data = json.loads(body)
     return InterventionRecord(
         seq=int(seq),
-        at=float(data["at"]),
+        created_at=float(data["created_at"]),
         request_id=str(data["request_id"]),
         completion_id=str(data["completion_id"]),
         stage=InterventionStage(data["stage"]),

@@ -186,18 +186,7 @@ async def list_interventions(
     except StoreUnavailable as exc:
         raise Unavailable(str(exc)) from exc
     return InterventionList(
-        data=[
-            InterventionOut(
-                seq=r.seq,
-                created_at=r.at,
-                request_id=r.request_id,
-                completion_id=r.completion_id,
-                stage=r.stage.value,
-                action=r.action,
-                target_ids=list(r.target_ids),
-            )
-            for r in page.records
-        ],
+        data=[InterventionOut.model_validate(r, from_attributes=True) for r in page.records],
         last_seq=page.last_seq,
         oldest_seq=page.oldest_seq,
         has_more=page.has_more,

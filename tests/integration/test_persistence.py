@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,16 @@ def registry_at(db: Path, embedder: SentenceEmbedder, corpus: BenignCorpus) -> R
     return registry
 
 
+@contextmanager
+def reopened(db: Path, embedder: SentenceEmbedder, corpus: BenignCorpus) -> Iterator[Registry]:
+    """The registry at `db` as a restarted process sees it, closed after use."""
+    registry = registry_at(db, embedder, corpus)
+    try:
+        yield registry
+    finally:
+        registry.store.close()
+
+
 def flagged_ids(registry: Registry, text: str) -> set[str]:
     verdict = Detector(registry, Settings().detector_window_words).inspect([ChatTurn("user", text)])
     return {m.target_id for m in verdict.matches}
@@ -83,8 +95,7 @@ def test_fact_terms_follow_calibration_restart_and_deletion(
     assert first.fact_owners("1843") == {target.id, other.id}
     first.store.close()
 
-    second = registry_at(db, embedder, corpus)
-    try:
+    with reopened(db, embedder, corpus) as second:
         assert second.fact_owners("1843") == {target.id, other.id}
         assert second.update_calibration(target.id, fact_terms=("1901",))
         assert second.fact_owners("1843") == {other.id}
@@ -93,8 +104,6 @@ def test_fact_terms_follow_calibration_restart_and_deletion(
         assert second.fact_owners("1843") == frozenset()
         assert flagged_with_bonus(second) == set()
         assert [t.id for t in second.fact_targets()] == [target.id]
-    finally:
-        second.store.close()
 
 
 def test_redact_strings_follow_targets_and_restart_not_calibration_writes(
@@ -116,15 +125,12 @@ def test_redact_strings_follow_targets_and_restart_not_calibration_writes(
     assert first.remove(plain.id)
     first.store.close()
 
-    second = registry_at(db, embedder, corpus)
-    try:
+    with reopened(db, embedder, corpus) as second:
         assert sorted(second.redact_strings()) == ["+1 212 555 0199", "zorblax@example.org"]
         assert second.remove(target.id)
         assert second.redact_strings() == ("+1 212 555 0199",)
         assert second.remove(other.id)
         assert second.redact_strings() == ()
-    finally:
-        second.store.close()
 
 
 def test_targets_list_in_registration_order_within_a_second_and_after_restart(
@@ -135,11 +141,8 @@ def test_targets_list_in_registration_order_within_a_second_and_after_restart(
     added = [first.add(TargetSpec(name=f"Ordered Person {i}")).id for i in range(6)]
     assert [t.id for t in first.list()] == added
     first.store.close()
-    second = registry_at(db, embedder, corpus)
-    try:
+    with reopened(db, embedder, corpus) as second:
         assert [t.id for t in second.list()] == added
-    finally:
-        second.store.close()
 
 
 # --- registry-level restarts ------------------------------------------------------------
@@ -155,8 +158,7 @@ def test_targets_survive_a_restart_and_stay_enforced(
     assert first.remove(other.id)
     first.store.close()
 
-    second = registry_at(db, embedder, corpus)
-    try:
+    with reopened(db, embedder, corpus) as second:
         assert [t.id for t in second.list()] == [target.id]
         restored = second.get(target.id)
         assert restored is not None
@@ -166,8 +168,6 @@ def test_targets_survive_a_restart_and_stay_enforced(
         assert flagged_ids(second, "Tell me everything about Zorblax.") == {target.id}
         assert flagged_ids(second, "What is the capital of France?") == set()
         assert flagged_ids(second, "Tell me about Plimbertine Oxwaddle.") == set()
-    finally:
-        second.store.close()
 
 
 def test_calibration_updates_survive_a_restart(
@@ -188,8 +188,7 @@ def test_calibration_updates_survive_a_restart(
     assert updated is not None
     first.store.close()
 
-    second = registry_at(db, embedder, corpus)
-    try:
+    with reopened(db, embedder, corpus) as second:
         restored = second.get(target.id)
         assert restored is not None
         assert restored.calibration.state is CalibrationState.DONE
@@ -198,8 +197,6 @@ def test_calibration_updates_survive_a_restart(
         assert restored.calibration.threshold == pytest.approx(updated.calibration.threshold)
         # The expansion is embedded again at load: index holds spec + expansion vectors.
         assert len(second.index) == len(ZORBLAX.texts()) + len(expansion)
-    finally:
-        second.store.close()
 
 
 def test_removal_survives_a_restart(
@@ -210,13 +207,10 @@ def test_removal_survives_a_restart(
     target = first.add(ZORBLAX)
     assert first.remove(target.id)
     first.store.close()
-    second = registry_at(db, embedder, corpus)
-    try:
+    with reopened(db, embedder, corpus) as second:
         assert second.list() == []
         assert len(second.index) == 0
         assert flagged_ids(second, "Who is Zorblax?") == set()
-    finally:
-        second.store.close()
 
 
 # --- start-up failures (fail before anything heavy loads) --------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from app.interventions import InterventionLog, InterventionStage
+from app.interventions import Intervention, InterventionLog, InterventionStage
 
 
 def _fill(log: InterventionLog, n: int) -> None:
     for i in range(n):
-        log.record(f"r{i}", f"chatcmpl-{i}", InterventionStage.PROMPT, "eco", ["t1", "t1", "t2"])
+        log.record(
+            Intervention.of(
+                f"r{i}", f"chatcmpl-{i}", InterventionStage.PROMPT, "eco", ["t1", "t1", "t2"]
+            )
+        )
 
 
 def test_records_are_numbered_and_paged_oldest_first() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _redis_server import RedisServer
 
-from app.interventions import InterventionStage, SharedInterventionLog
+from app.interventions import Intervention, InterventionStage, SharedInterventionLog
 from guards.redis_store import RedisTargetStore
 from guards.store import StoreUnavailable
 
@@ -17,9 +17,11 @@ def _log(url: str, capacity: int = 100) -> SharedInterventionLog:
 def test_replicas_share_one_numbered_record(redis_url: str) -> None:
     a, b = _log(redis_url), _log(redis_url)
     try:
-        a.record("r1", "chatcmpl-1", InterventionStage.PROMPT, "eco", ["t1"])
+        a.record(Intervention.of("r1", "chatcmpl-1", InterventionStage.PROMPT, "eco", ["t1"]))
         assert a.flush()
-        b.record("r2", "chatcmpl-2", InterventionStage.ANSWER, "steer", ["t2", "t2"])
+        b.record(
+            Intervention.of("r2", "chatcmpl-2", InterventionStage.ANSWER, "steer", ["t2", "t2"])
+        )
         assert b.flush()
         page = a.read()
         assert [(r.seq, r.request_id, r.stage, r.target_ids) for r in page.records] == [
@@ -40,7 +42,7 @@ def test_the_record_keeps_the_newest_capacity_records(redis_url: str) -> None:
     log = _log(redis_url, capacity=3)
     try:
         for i in range(5):
-            log.record(f"r{i}", f"c{i}", InterventionStage.PROMPT, "eco", [])
+            log.record(Intervention.of(f"r{i}", f"c{i}", InterventionStage.PROMPT, "eco", []))
             assert log.flush()
         page = log.read()
         assert [r.seq for r in page.records] == [3, 4, 5]
@@ -55,7 +57,8 @@ def test_records_made_while_redis_is_down_are_written_when_it_is_back(
     log = _log(private_redis.url())
     try:
         private_redis.stop(kill=True)
-        log.record("during", "c1", InterventionStage.PROMPT, "refuse", ["t1"])  # never blocks
+        # Never blocks the chat request that records it.
+        log.record(Intervention.of("during", "c1", InterventionStage.PROMPT, "refuse", ["t1"]))
         assert not log.flush(timeout_s=0.3)
         with pytest.raises(StoreUnavailable):
             log.read()
