@@ -1,4 +1,4 @@
-"""Which chat requests this replica intervened on, for operators.
+"""Which chat requests the gateway intervened on, for operators.
 
 A privacy operator who files a deletion request, or an SRE who load-tests the gateway, needs to
 know per request whether the gateway acted: the chat client is never told, and the Prometheus
@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 from typing import Protocol
 
 import redis
@@ -231,13 +232,13 @@ class SharedInterventionLog:
                     self._cond.wait()
                 if self._closing:
                     return
-                batch = list(self._queue)[:256]
+                batch = list(islice(self._queue, 256))
             try:
                 self._script(
                     keys=[INTERVENTION_SEQ, INTERVENTION_RECORDS],
                     args=[self.capacity, *(body for _, body in batch)],
                 )
-            except redis.RedisError as exc:
+            except Exception as exc:  # Redis down, or anything else: the writer must live on
                 if not failing:  # once per outage, not once per retry
                     logger.warning("intervention record: Redis write failed, retrying (%s)", exc)
                 failing = True
