@@ -80,12 +80,14 @@ def _record(run: LoadRun, replica: str, after: int) -> list[dict[str, Any]]:
     """The replica's intervention records after `after` (pages through)."""
     records: list[dict[str, Any]] = []
     while True:
-        page = requests.get(
+        resp = requests.get(
             f"{replica}/admin/interventions",
             params={"after": after, "limit": 1000},
             headers=run.admin(),
             timeout=30,
-        ).json()
+        )
+        resp.raise_for_status()
+        page = resp.json()
         if page["oldest_seq"] > after + 1:
             # Enforcement would be undercounted: say so rather than report a wrong figure.
             raise RuntimeError(
@@ -99,10 +101,11 @@ def _record(run: LoadRun, replica: str, after: int) -> list[dict[str, Any]]:
 
 
 def _last_seq(run: LoadRun, replica: str) -> int:
-    page = requests.get(
+    resp = requests.get(
         f"{replica}/admin/interventions", params={"limit": 1}, headers=run.admin(), timeout=30
-    ).json()
-    return int(page["last_seq"])
+    )
+    resp.raise_for_status()
+    return int(resp.json()["last_seq"])
 
 
 def _enforcement(run: LoadRun) -> dict[str, Any]:
