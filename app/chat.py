@@ -12,7 +12,8 @@ import anyio
 
 from adapters.engine import Engine, GenerationRequest, RowFinished, SamplingParams, TokenDelta
 from adapters.prompt import PromptError, RenderedPrompt, render
-from app.errors import BadRequest, ContextLengthExceeded, NotFound, Overloaded
+from app.chat_request import choice_count, sampling_params
+from app.errors import BadRequest, Overloaded
 from app.interventions import (
     Intervention,
     InterventionLog,
@@ -40,9 +41,6 @@ from guards.registry import Registry
 from guards.verdict import ChatTurn, Plan, Verdict, noise_seed
 
 logger = logging.getLogger(__name__)
-
-# Seeds a request may give: signed 64-bit integers.
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -97,74 +95,11 @@ class ChatService:
             settings.intervention_log_size
         )
         self.model_name = engine.loaded.name
-
-    # --- validation ---------------------------------------------------------------
-    def _sampling(self, req: ChatCompletionRequest, prompt_tokens: int) -> SamplingParams:
-        s = self.settings
-        context = self.engine.loaded.context_length
-        if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
-            raise BadRequest("temperature must be between 0 and 2", param="temperature")
-        if req.top_p is not None and not 0.0 < req.top_p <= 1.0:
-            raise BadRequest("top_p must be in (0, 1]", param="top_p")
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = getattr(req, name)
-            if value is not None and value < 1:
-                raise BadRequest(f"{name} must be at least 1", param=name)
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4 or any(not x for x in stop):
-            raise BadRequest("stop takes up to 4 non-empty strings", param="stop")
-        if req.logprobs:
-            raise BadRequest("logprobs are not supported by this gateway", param="logprobs")
-        if req.seed is not None and not SEED_MIN <= req.seed <= SEED_MAX:
-            raise BadRequest(
-                f"seed must be between {SEED_MIN} and {SEED_MAX} (a signed 64-bit integer)",
-                param="seed",
-            )
-        requested = req.max_completion_tokens or req.max_tokens
-        if prompt_tokens >= context:
-            raise ContextLengthExceeded(
-                f"the prompt is {prompt_tokens} tokens but this model's context window is "
-                f"{context} tokens",
-                param="messages",
-            )
-        if requested is not None and prompt_tokens + requested > context:
-            raise ContextLengthExceeded(
-                f"this model's maximum context length is {context} tokens; the messages take "
-                f"{prompt_tokens} tokens and max_tokens asks for {requested} "
-                f"({prompt_tokens + requested} in total)",
-                param="max_tokens",
-            )
-        max_tokens = requested or min(s.max_tokens_default, context - prompt_tokens)
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            seed=req.seed,
-            stop=tuple(stop),
-        )
-
-    def _check_shape(self, req: ChatCompletionRequest) -> int:
-        if req.model != self.model_name:
-            raise NotFound(
-                f"model {req.model!r} does not exist; this gateway serves {self.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
-        if not req.messages:
-            raise BadRequest("messages must contain at least one message", param="messages")
-        if len(req.messages) > self.settings.max_messages:
-            raise BadRequest(
-                f"at most {self.settings.max_messages} messages are accepted", param="messages"
-            )
-        n = 1 if req.n is None else req.n
-        max_n = min(self.settings.max_n, self.engine.max_batch)
-        if not 1 <= n <= max_n:
-            raise BadRequest(f"n must be between 1 and {max_n}", param="n")
-        return n
+        self._max_n = min(settings.max_n, engine.max_batch)
 
     async def prepare(self, req: ChatCompletionRequest) -> PreparedChat:
         """Validate a request, inspect it and decide its plan."""
-        n = self._check_shape(req)
+        n = choice_count(req, self.model_name, self.settings.max_messages, self._max_n)
         turns = to_turns(req)
         if sum(len(t.content) for t in turns) > self.settings.max_prompt_chars:
             raise BadRequest(
@@ -175,7 +110,12 @@ class ChatService:
             prompt = render(self.engine.loaded.tokenizer, turns)
         except PromptError as exc:
             raise BadRequest(str(exc), param="messages") from exc
-        sampling = self._sampling(req, len(prompt.ids))
+        sampling = sampling_params(
+            req,
+            len(prompt.ids),
+            self.engine.loaded.context_length,
+            self.settings.max_tokens_default,
+        )
         if not self.engine.has_capacity():
             raise Overloaded("the gateway is at capacity; retry shortly")
         started = time.perf_counter()
