@@ -20,7 +20,8 @@ from app.calibrator import TargetCalibrator
 from app.chat import ChatService
 from app.deps import Services, require_admin
 from app.errors import install_error_handlers
-from app.interventions import InterventionLog, InterventionRecorder, SharedInterventionLog
+from app.intervention_stores import SharedInterventionLog, SqliteInterventionLog
+from app.interventions import InterventionLog, InterventionRecorder
 from app.limits import ClientGuard, require_client
 from app.logging_setup import configure_logging
 from app.metrics import GatewayMetrics
@@ -36,7 +37,7 @@ from guards.index import FaissVectorIndex
 from guards.onnx_embedder import open_embedder
 from guards.redis_store import RedisTargetStore
 from guards.registry import Registry
-from guards.store import TargetStore, open_store
+from guards.store import SqliteTargetStore, TargetStore, open_store
 from guards.targets import CalibrationState
 
 logger = logging.getLogger(__name__)
@@ -44,11 +45,17 @@ logger = logging.getLogger(__name__)
 
 def intervention_recorder(settings: Settings, store: TargetStore) -> InterventionRecorder:
     """Where intervened requests are recorded: Redis when replicas share the registry there
-    (any replica then answers for all), else this process's memory."""
+    (any replica then answers for all), else a SQLite file beside the registry's
+    (`<registry>.interventions.db`), so the record survives a restart."""
+    size = settings.intervention_log_size
+    if size <= 0:
+        return InterventionLog(0)  # off
     if isinstance(store, RedisTargetStore):
         client = RedisTargetStore.client_for(settings.resolved_registry_url())
-        return SharedInterventionLog(client, settings.intervention_log_size)
-    return InterventionLog(settings.intervention_log_size)
+        return SharedInterventionLog(client, size)
+    if isinstance(store, SqliteTargetStore):
+        return SqliteInterventionLog(store.path.with_suffix(".interventions.db"), size)
+    return InterventionLog(size)
 
 
 def detector_embedder(settings: Settings) -> Embedder:

@@ -116,7 +116,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Intervened chat requests kept for GET /admin/interventions (request id, "
         "stage, action, target ids; never text): in Redis, shared by the replicas, when the "
-        "registry is there, else in memory; 0 turns the record off.",
+        "registry is there, else in a SQLite file beside the registry's "
+        "(<registry>.interventions.db); 0 turns the record off.",
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",

@@ -245,9 +245,16 @@ async def test_missing_registry_with_create_false_makes_startup_fail(tmp_path: P
 
 @pytest.mark.slow
 @session_loop
-async def test_whole_app_restart_keeps_targets(tmp_path: Path) -> None:
+async def test_whole_app_restart_keeps_targets_and_the_intervention_record(
+    tmp_path: Path,
+) -> None:
     settings = gateway_settings(tmp_path)
     body = {"name": "Zorblax Quintavenue", "aliases": ["Zorblax"], "intervention": "refuse"}
+    chat = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Who is Zorblax?"}],
+        "max_tokens": 4,
+    }
 
     first = create_app(settings)
     async with first.router.lifespan_context(first):
@@ -255,6 +262,10 @@ async def test_whole_app_restart_keeps_targets(tmp_path: Path) -> None:
             created = await http.post("/admin/targets", json=body, headers=ADMIN)
             assert created.status_code == 201
             target = created.json()
+            refused = await http.post(
+                "/v1/chat/completions", json=chat, headers={"X-Request-ID": "before-restart"}
+            )
+            assert refused.status_code == 200
 
     second = create_app(settings)
     async with second.router.lifespan_context(second):
@@ -268,15 +279,18 @@ async def test_whole_app_restart_keeps_targets(tmp_path: Path) -> None:
             ).json()
             assert verdict["flagged"] is True
             assert [m["target_id"] for m in verdict["matches"]] == [target["id"]]
-            chat = await http.post(
-                "/v1/chat/completions",
-                json={
-                    "model": "smollm2-135m-instruct",
-                    "messages": [{"role": "user", "content": "Who is Zorblax?"}],
-                    "max_tokens": 4,
-                },
+            answer = await http.post(
+                "/v1/chat/completions", json=chat, headers={"X-Request-ID": "after-restart"}
             )
-            assert chat.json()["choices"][0]["message"]["content"] == settings.refusal_message
+            assert answer.json()["choices"][0]["message"]["content"] == settings.refusal_message
+            # The record of intervened requests lives beside the registry: it survived, and
+            # its numbering went on.
+            record = (await http.get("/admin/interventions", headers=ADMIN)).json()
+            assert [(r["seq"], r["request_id"], r["action"]) for r in record["data"]] == [
+                (1, "before-restart", "refuse"),
+                (2, "after-restart", "refuse"),
+            ]
+            assert record["data"][0]["target_ids"] == [target["id"]]
             deleted = await http.delete(f"/admin/targets/{target['id']}", headers=ADMIN)
             assert deleted.status_code == 204
             again = await http.get(f"/admin/targets/{target['id']}", headers=ADMIN)
