@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -36,7 +36,7 @@ from app.schemas.openai import (
 )
 from app.settings import Settings
 from guards.detector import Detector
-from guards.output_guard import Redactor
+from guards.output_guard import Redactor, withheld_names
 from guards.registry import Registry
 from guards.verdict import ChatTurn, Plan, Verdict, noise_seed
 
@@ -58,6 +58,9 @@ class PreparedChat:
     stream: bool
     include_usage: bool
     redact: tuple[str, ...]
+    # Names of the targets this request was intervened for that the user did not write; the
+    # answer audit adds to it when it re-runs a request.
+    withheld: list[str] = field(default_factory=list)
 
 
 def describe(verdict: Verdict) -> str:
@@ -148,8 +151,15 @@ class ChatService:
             redact=self.registry.redact_strings(),
         )
         if plan.action != "none":
+            self._withhold(chat, verdict)
             self._record(chat, InterventionStage.PROMPT, plan.action, verdict)
         return chat
+
+    def _withhold(self, chat: PreparedChat, verdict: Verdict) -> None:
+        targets = (t for m in verdict.matches if (t := self.registry.get(m.target_id)))
+        chat.withheld.extend(
+            n for n in withheld_names(targets, chat.turns) if n not in chat.withheld
+        )
 
     # --- generation ---------------------------------------------------------------
     async def _events(
@@ -187,6 +197,7 @@ class ChatService:
             describe(verdict),
         )
         plan = Plan.for_whole_turns(verdict, chat.turns, noise_seed(chat.turns))
+        self._withhold(chat, verdict)
         self.metrics.answer_audit_reruns.labels(action=plan.action).inc()
         self._record(chat, InterventionStage.ANSWER, plan.action, verdict)
         return plan
@@ -201,7 +212,9 @@ class ChatService:
         )
 
     def _redactors(self, chat: PreparedChat) -> list[Redactor]:
-        return [Redactor(chat.redact, self.settings.redaction_placeholder) for _ in range(chat.n)]
+        """Per row: never-emit strings, and the withheld names (known once the plan is final)."""
+        placeholder = self.settings.redaction_placeholder
+        return [Redactor(chat.redact, placeholder, chat.withheld) for _ in range(chat.n)]
 
     async def _collect(self, chat: PreparedChat, plan: Plan) -> tuple[list[str], list[str], int]:
         texts = [""] * chat.n
@@ -301,7 +314,8 @@ class ChatService:
 
     async def stream(self, chat: PreparedChat) -> AsyncIterator[str]:
         """SSE frames: a role chunk, content deltas, finish chunks, optional usage, [DONE]."""
-        redactors = self._redactors(chat)
+        # Built at the first event: by then the answer audit has decided on any re-run.
+        redactors: list[Redactor] = []
         completion_tokens = 0
         yield self._chunk(
             chat,
@@ -313,6 +327,7 @@ class ChatService:
         source = self._audited_events(chat) if self._audits(chat) else self._events(chat, chat.plan)
         try:
             async for event in source:
+                redactors = redactors or self._redactors(chat)
                 if isinstance(event, TokenDelta):
                     text = redactors[event.row].feed(event.text)
                     if text:

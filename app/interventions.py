@@ -90,10 +90,10 @@ def page_of(
     last_seq: int,
     oldest_seq: int,
 ) -> InterventionPage:
+    """The records after `after` (of one request, if given), at most `limit` of them."""
     out = [
         r for r in records if r.seq > after and (request_id is None or r.request_id == request_id)
     ]
-    """The records after `after` (of one request, if given), at most `limit` of them."""
     return InterventionPage(out[:limit], last_seq, oldest_seq, len(out) > limit)
 
 

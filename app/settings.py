@@ -228,6 +228,14 @@ class Settings(BaseSettings):
     detector_margin: float = Field(
         0.02, ge=0, description="Added to the calibrated corpus quantile."
     )
+    detector_foreign_name_penalty: float = Field(
+        0.15,
+        ge=0,
+        description="Taken off a window's embedding score against a target when the window "
+        "names an entity (two or more capitalised words, English windows) whose words the "
+        "target's texts never use: 'Who was Isaac Newton?' is not about Albert Einstein. "
+        "Applied to the benign corpus too, so thresholds stay calibrated. 0 turns it off.",
+    )
     index_exact_max_vectors: int = Field(
         20_000,
         ge=0,
@@ -320,7 +328,9 @@ class Settings(BaseSettings):
         description="Answer sent for targets whose intervention is `refuse`.",
     )
     redaction_placeholder: str = Field(
-        "[redacted]", description="Replaces strings a target lists under `redact`."
+        "[redacted]",
+        description="Replaces strings a target lists under `redact`, and, in answers to "
+        "intervened requests, the matched targets' names the user did not write.",
     )
 
     @field_validator("api_keys", "cors_origins", mode="before")
@@ -349,4 +359,5 @@ class Settings(BaseSettings):
             fpr=self.detector_fpr,
             floor=self.detector_min_threshold,
             margin=self.detector_margin,
+            foreign_name_penalty=self.detector_foreign_name_penalty,
         )

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from guards.embedder import Embedder, Vectors
+from guards.names import names_foreign, proper_names
 from guards.windows import split_windows
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class ThresholdConfig:
     fpr: float  # share of corpus prompts a target may flag
     floor: float  # lowest threshold allowed
     margin: float  # added to the corpus quantile
+    foreign_name_penalty: float = 0.0  # off a window naming what the target's texts do not
 
 
 class BenignCorpus:
@@ -70,6 +72,7 @@ class BenignCorpus:
                 texts.append(w.text)
         self.owner: npt.NDArray[np.int64] = np.asarray(owners, dtype=np.int64)  # [n_windows]
         self.window_texts = texts
+        self.window_names = [proper_names(t) for t in texts]  # [n_windows]
         self.vectors: Vectors = self._embed(texts, embedder, window_words, cache_dir)
         self._index = faiss.IndexFlatIP(self.vectors.shape[1])
         self._index.add(self.vectors)
@@ -118,12 +121,20 @@ class BenignCorpus:
         return vecs
 
     def prompt_scores(
-        self, target_vectors: Vectors, benign_weight: float
+        self,
+        target_vectors: Vectors,
+        benign_weight: float,
+        vocabulary: frozenset[str] = frozenset(),
+        foreign_name_penalty: float = 0.0,
     ) -> npt.NDArray[np.float32]:
-        """Per corpus prompt: its best window score against the target (see `relative_score`)."""
+        """Per corpus prompt: its best window score against the target (see `relative_score`),
+        less `foreign_name_penalty` for windows naming what `vocabulary` does not contain."""
         window_best = relative_score(
             (self.vectors @ target_vectors.T).max(axis=1), self.neighbour, benign_weight
         )  # [n_windows]
+        if foreign_name_penalty:
+            foreign = [names_foreign(n, vocabulary) for n in self.window_names]
+            window_best = window_best - foreign_name_penalty * np.asarray(foreign, np.float32)
         out = np.full(len(self.prompts), -1.0, dtype=np.float32)
         np.maximum.at(out, self.owner, window_best)
         return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from guards.language import looks_english
 from guards.leak_terms import WORD_PATTERN as _WORD
+from guards.names import names_foreign, proper_names
 from guards.registry import Registry
 from guards.targets import Target
 from guards.verdict import ChatTurn, Match, Span, Verdict
@@ -115,6 +116,8 @@ class Detector:
             # Rare names/numbers the model itself associates with a target ("1687" for
             # Newton) add to the window score of the windows that contain them.
             facts = [self._fact_hits(w.text) for _, w in windows]
+            names = [proper_names(w.text) for _, w in windows]
+            penalty = self.registry.threshold_config.foreign_name_penalty
             best: dict[str, tuple[float, int]] = {}
             for hit in self.registry.index.search(vectors, self.top_k):
                 n_facts = len({w for w in facts[hit.query].get(hit.target_id, [])})
@@ -123,6 +126,10 @@ class Detector:
                     - weight * float(benign[hit.query])
                     + self.fact_bonus * min(n_facts, 2)
                 )
+                if names[hit.query] and penalty:
+                    target = self.registry.get(hit.target_id)
+                    if target is not None and names_foreign(names[hit.query], target.vocabulary):
+                        score -= penalty
                 if score > best.get(hit.target_id, (-9.0, -1))[0]:
                     best[hit.target_id] = (score, hit.query)
             for target_id, (score, row) in best.items():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+from guards.targets import Target
+from guards.verdict import ChatTurn
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 # Between the word/digit groups of a redact string, tolerate a few separators so that
@@ -18,11 +21,32 @@ def _pattern(secret: str) -> str | None:
     return _SEP.join(re.escape(p) for p in parts)
 
 
+def _word_pattern(name: str) -> str | None:
+    """A name matched as whole words only: withholding "Jedi" must not touch "Jedidiah"."""
+    inner = _pattern(name)
+    return None if inner is None else rf"(?<!\w){inner}(?!\w)"
+
+
+def withheld_names(targets: Iterable[Target], turns: Sequence[ChatTurn]) -> list[str]:
+    """The names and aliases of matched targets that the conversation does not contain.
+
+    An answer to an intervened request never says them: a model that had never learned the
+    target could not, so a name surfacing anyway (a sampled answer the intervention did not
+    hold back) is a leak. Names the user wrote stay: echoing the question is not a leak.
+    """
+    said = " ".join(t.content for t in turns).casefold()
+    names = (a for t in targets for a in t.spec.all_aliases() if a.casefold() not in said)
+    return list(dict.fromkeys(names))
+
+
 class Redactor:
     """Replaces every occurrence of the given strings with a placeholder.
 
     Streaming-safe: `feed` holds back a tail long enough to contain a match that is still
     arriving, so a secret split across chunks is caught; `flush` releases the rest.
+
+    `secrets` match anywhere; `words` (withheld names) only as whole words, and one character
+    more is held back for them so the word boundary after a name is seen before it goes out.
 
     Example:
         >>> r = Redactor(["212-555-0187"], "[redacted]")
@@ -30,11 +54,15 @@ class Redactor:
         'call [redacted] now'
     """
 
-    def __init__(self, secrets: Iterable[str], placeholder: str) -> None:
-        patterns = sorted({p for s in secrets if (p := _pattern(s))}, key=len, reverse=True)
-        self._regex = re.compile("|".join(patterns), re.IGNORECASE) if patterns else None
+    def __init__(self, secrets: Iterable[str], placeholder: str, words: Iterable[str] = ()) -> None:
+        secrets, words = list(secrets), list(words)
+        patterns = {p for s in secrets if (p := _pattern(s))}
+        patterns |= {p for w in words if (p := _word_pattern(w))}
+        ordered = sorted(patterns, key=len, reverse=True)
+        self._regex = re.compile("|".join(ordered), re.IGNORECASE) if ordered else None
         self._placeholder = placeholder
         longest = max((len(s) for s in secrets), default=0)
+        longest = max([longest, *(len(w) + 1 for w in words)])
         self._holdback = 3 * longest  # separators may stretch a match
         self._buffer = ""
 

@@ -170,7 +170,10 @@ class Registry:
     def _threshold(
         self, target: Target, vectors: np.ndarray, about: np.ndarray | None = None
     ) -> float:
-        scores = self.corpus.prompt_scores(vectors, self.threshold_config.benign_weight)
+        config = self.threshold_config
+        scores = self.corpus.prompt_scores(
+            vectors, config.benign_weight, target.vocabulary, config.foreign_name_penalty
+        )
         if about is None:
             about = self._about(target)
         return calibrate_threshold(scores, about, self.threshold_config)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+from guards.names import vocabulary
 
 
 class Intervention(enum.StrEnum):
@@ -125,3 +128,8 @@ class Target:
     def vector_texts(self) -> list[str]:
         """Every text whose embedding represents the target in the index."""
         return [*self.spec.texts(), *self.calibration.expansion]
+
+    @cached_property
+    def vocabulary(self) -> frozenset[str]:
+        """Words of its texts, expansion and fact terms: names a window may use about it."""
+        return vocabulary([*self.vector_texts(), *self.calibration.fact_terms])

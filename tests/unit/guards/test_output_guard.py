@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 import pytest
 
-from guards.output_guard import Redactor
+from guards.output_guard import Redactor, withheld_names
+from guards.targets import Target, TargetSpec
+from guards.verdict import ChatTurn
 
 PH = "[redacted]"
 EMAIL = "zorblax@example.org"
@@ -164,4 +166,39 @@ def test_streaming_with_overlapping_secrets_matches_whole_redaction() -> None:
     whole = Redactor(secrets, PH).redact(text)
     assert whole == f"Contact {PH} today"
     out, _ = stream(Redactor(secrets, PH), chunked(text, 1))
+    assert out == whole
+
+
+# --- withheld names of the targets a request was intervened for ---------------------------
+
+POTTER = Target(
+    id="t1",
+    spec=TargetSpec(name="Harry Potter", aliases=("Harry Potter", "Hogwarts", "Voldemort", "Jedi")),
+    created_at=0,
+)
+
+
+def test_withheld_names_leave_out_what_the_user_wrote() -> None:
+    turns = [
+        ChatTurn("user", "I love the HARRY POTTER books."),
+        ChatTurn("assistant", "Great!"),
+        ChatTurn("user", "Who is the headmaster of the school?"),
+    ]
+    assert withheld_names([POTTER], turns) == ["Hogwarts", "Voldemort", "Jedi"]
+    assert withheld_names([], turns) == []
+
+
+def test_withheld_names_are_redacted_as_whole_words_only() -> None:
+    r = Redactor([], PH, words=["Hogwarts", "Jedi"])
+    assert r.active
+    text = "The headmaster of hogwarts is Jedidiah; a Jedi-like wizard."
+    assert r.redact(text) == f"The headmaster of {PH} is Jedidiah; a {PH}-like wizard."
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_streamed_withheld_names_match_whole_redaction(size: int) -> None:
+    text = "Hogwarts and Jedidiah and Jedi"
+    whole = Redactor([EMAIL], PH, words=["Hogwarts", "Jedi"]).redact(text)
+    assert whole == f"{PH} and Jedidiah and {PH}"
+    out, _ = stream(Redactor([EMAIL], PH, words=["Hogwarts", "Jedi"]), chunked(text, size))
     assert out == whole
