@@ -124,7 +124,7 @@ class ChatService:
         started = time.perf_counter()
         verdict: Verdict = await anyio.to_thread.run_sync(self.detector.inspect, turns)
         self.metrics.detector_latency.observe(time.perf_counter() - started)
-        plan = Plan.from_verdict(verdict, noise_seed=noise_seed(turns))
+        plan = Plan.from_verdict(verdict, noise_seed=noise_seed(turns)).covering_follow_up(turns)
         self.metrics.chat_requests.labels(action=plan.action).inc()
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         request_id = current_request_id() or completion_id

@@ -115,6 +115,18 @@ class Plan:
         plan = Plan.from_verdict(Verdict(matches=matches), noise_seed)
         return replace(plan, spans=spans) if plan.action not in ("none", "refuse") else plan
 
+    def covering_follow_up(self, turns: list[ChatTurn]) -> Plan:
+        """ECO spans extended to the whole last user turn when they lie only in earlier turns.
+
+        A follow-up ("Who were the first people to reach its summit?" after a turn about
+        Mount Everest) asks about the target without naming it, and its own words can be enough
+        for the model to answer; corrupting only the earlier mention leaves them intact.
+        """
+        last = max((i for i, t in enumerate(turns) if t.role == "user"), default=None)
+        if not self.spans or last is None or any(s.message == last for s in self.spans):
+            return self
+        return replace(self, spans=(*self.spans, Span(last, 0, len(turns[last].content))))
+
     @staticmethod
     def from_verdict(verdict: Verdict, noise_seed: int = 0) -> Plan:
         """The plan a verdict calls for.

@@ -14,7 +14,7 @@ from guards.targets import (
     Target,
     TargetSpec,
 )
-from guards.verdict import LoraRef, Match, Plan, Span, SteerRef, Verdict
+from guards.verdict import ChatTurn, LoraRef, Match, Plan, Span, SteerRef, Verdict
 
 SPEC = TargetSpec(
     name="Star Wars",
@@ -119,3 +119,18 @@ def test_calibration_with_adapter_round_trips_through_the_store(tmp_path: Path) 
     assert store.update_calibration("t1", cal)
     got = store.get("t1")
     assert got is not None and got.calibration == cal
+
+
+def test_a_follow_up_turn_is_covered_when_the_target_was_named_earlier() -> None:
+    turns = [
+        ChatTurn("user", "I want to learn about Mount Everest."),
+        ChatTurn("assistant", "Sure."),
+        ChatTurn("user", "Who first reached its summit?"),
+    ]
+    named_earlier = Plan(action="eco", spans=(Span(0, 23, 36),))
+    covered = named_earlier.covering_follow_up(turns)
+    assert covered.spans == (Span(0, 23, 36), Span(2, 0, len(turns[2].content)))
+    # Named in the last turn already, or nothing to corrupt: unchanged.
+    named_last = Plan(action="eco", spans=(Span(2, 0, 5),))
+    assert named_last.covering_follow_up(turns) is named_last
+    assert Plan().covering_follow_up(turns) == Plan()
