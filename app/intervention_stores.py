@@ -34,6 +34,7 @@ from guards.store import StoreError, StoreUnavailable
 logger = logging.getLogger(__name__)
 
 _WRITE_BATCH = 256  # records per write: one Lua call or one SQLite transaction
+_SQLITE_MAX_INT = 2**63 - 1
 
 
 class QueuedInterventionLog(ABC):
@@ -251,6 +252,7 @@ class SqliteInterventionLog(QueuedInterventionLog):
     ) -> InterventionPage:
         """A page of the record (queued records written first)."""
         self.flush(timeout_s=1.0)
+        after = min(after, _SQLITE_MAX_INT)  # past it no record can exist; SQLite would raise
         where = "seq > ?" if request_id is None else "seq > ? AND request_id = ?"
         params: tuple[object, ...] = (after,) if request_id is None else (after, request_id)
         try:

@@ -84,6 +84,14 @@ def test_an_empty_record_says_so(open_log: OpenLog) -> None:
     assert (page.records, page.last_seq, page.oldest_seq, page.has_more) == ([], 0, 1, False)
 
 
+def test_paging_past_any_integer_the_store_holds_is_an_empty_page(open_log: OpenLog) -> None:
+    log = open_log(10)
+    log.record(_intervention("r1"))
+    assert log.flush()
+    page = log.read(after=10**30)  # the route accepts any non-negative integer
+    assert page.records == [] and page.last_seq == 1
+
+
 def test_sqlite_record_survives_a_restart_and_numbering_goes_on(tmp_path: Path) -> None:
     path = tmp_path / "registry.interventions.db"
     first = SqliteInterventionLog(path, 100)
