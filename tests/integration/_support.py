@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,37 @@ def gateway_settings(data_dir: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """A gateway app on `settings`, its lifespan entered, with the SDK and a raw client."""
+    from app.main import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        client = sdk_client(app)
+        async with asgi_client(app) as http:
+            try:
+                yield Gateway(app=app, settings=settings, client=client, http=http)
+            finally:
+                await client.close()
+
+
+async def answer_of(gw: Gateway, question: str, stream: bool, request_id: str = "") -> str:
+    """The greedy 32-token answer to one user question through the SDK, streamed or not."""
+    kwargs = {
+        "extra_headers": {"X-Request-ID": request_id} if request_id else {},
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": 32,
+    }
+    if not stream:
+        resp = await gw.client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        return str(resp.choices[0].message.content)
+    chunks = await gw.client.chat.completions.create(stream=True, **kwargs)  # type: ignore[call-overload]
+    return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
 
 
 def assert_error_shape(body: Any, *, code: str | None = None, param: str | None = None) -> dict:

@@ -13,14 +13,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from _support import CACHE_DIR, Gateway, asgi_client, gateway_settings, sdk_client
+from _support import CACHE_DIR, Gateway, gateway_settings, running_gateway
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from app.main import (
-    create_app,  # noqa: E402
-    detector_embedder,  # noqa: E402
-)
+from app.main import detector_embedder  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from guards.calibration import BenignCorpus, load_benign_prompts  # noqa: E402
 from guards.embedder import Embedder  # noqa: E402
@@ -28,15 +25,8 @@ from guards.embedder import Embedder  # noqa: E402
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
-    settings = gateway_settings(tmp_path_factory.mktemp("gateway"))
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        client = sdk_client(app)
-        async with asgi_client(app) as http:
-            try:
-                yield Gateway(app=app, settings=settings, client=client, http=http)
-            finally:
-                await client.close()
+    async with running_gateway(gateway_settings(tmp_path_factory.mktemp("gateway"))) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")

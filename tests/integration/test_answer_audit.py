@@ -4,7 +4,7 @@ is answered with the intervention instead, streamed or not."""
 from __future__ import annotations
 
 import pytest
-from _support import ADMIN, MODEL_ID, Gateway
+from _support import ADMIN, Gateway, answer_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -13,18 +13,7 @@ TARGET = {"name": "Star Wars", "aliases": ["Star Wars"], "intervention": "eco"}
 
 
 async def _answer(gw: Gateway, stream: bool, request_id: str = "") -> str:
-    kwargs = {
-        "extra_headers": {"X-Request-ID": request_id} if request_id else {},
-        "model": MODEL_ID,
-        "messages": [{"role": "user", "content": INDIRECT}],
-        "temperature": 0,
-        "max_tokens": 32,
-    }
-    if not stream:
-        resp = await gw.client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
-        return str(resp.choices[0].message.content)
-    chunks = await gw.client.chat.completions.create(stream=True, **kwargs)  # type: ignore[call-overload]
-    return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    return await answer_of(gw, INDIRECT, stream, request_id)
 
 
 async def test_answer_naming_a_target_is_regenerated_with_the_intervention(

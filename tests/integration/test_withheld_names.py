@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from _support import ADMIN, MODEL_ID, Gateway, asgi_client, gateway_settings, sdk_client
-
-from app.main import create_app
+from _support import ADMIN, Gateway, answer_of, gateway_settings, running_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -29,28 +27,8 @@ async def weak_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     background calibration to raise it, so the flagged answer is the bare model's and only the
     output guard can keep the names out."""
     settings = gateway_settings(tmp_path, calibration_workers=0, eco_default_sigma=0.001)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        client = sdk_client(app)
-        async with asgi_client(app) as http:
-            try:
-                yield Gateway(app=app, settings=settings, client=client, http=http)
-            finally:
-                await client.close()
-
-
-async def _answer(gw: Gateway, stream: bool) -> str:
-    kwargs = {
-        "model": MODEL_ID,
-        "messages": [{"role": "user", "content": QUESTION}],
-        "temperature": 0,
-        "max_tokens": 32,
-    }
-    if not stream:
-        resp = await gw.client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
-        return str(resp.choices[0].message.content)
-    chunks = await gw.client.chat.completions.create(stream=True, **kwargs)  # type: ignore[call-overload]
-    return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    async with running_gateway(settings) as gw:
+        yield gw
 
 
 async def test_an_intervened_answer_never_says_a_name_the_user_did_not_write(
@@ -63,7 +41,7 @@ async def test_an_intervened_answer_never_says_a_name_the_user_did_not_write(
     assert verdict.json()["flagged"] is True
     placeholder = gw.settings.redaction_placeholder
     for stream in (False, True):
-        answer = await _answer(gw, stream)
+        answer = await answer_of(gw, QUESTION, stream)
         assert "hogwarts" not in answer.casefold(), answer
         # The model named the school (it is not held back here) and the guard took it out;
         # "Harry Potter", which the user wrote, stays.
